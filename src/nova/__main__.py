@@ -1,0 +1,3 @@
+from nova.cli import main
+
+main()
