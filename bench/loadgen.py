@@ -32,10 +32,9 @@ from urllib.parse import quote
 
 import httpx
 import psutil
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bench.machine import machine_info
+from bench.wire import HandshakeError, WsProtocol, open_ws
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _loads = json.loads
@@ -95,8 +94,17 @@ class Member:
         return url
 
 
+FAST_EVENT: dict[str, Any] = {"type": "message.created"}
+
+
 class Client:
-    """A socket speaking Nova's Realtime frames: acks resolve futures, events go to a handler."""
+    """A socket speaking Nova's Realtime frames: acks resolve futures, events go to a handler.
+
+    With ``parse_events = False`` a ``message.created`` event is counted by a byte search and
+    handed over as ``FAST_EVENT`` without parsing (fan-out only needs the count).
+    """
+
+    parse_events = True
 
     def __init__(self, member: Member, on_event: EventHandler, stats: Stats) -> None:
         self.member = member
@@ -105,55 +113,71 @@ class Client:
         self.cursor: str | None = None
         self.pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.ids = itertools.count(1)
-        self.ws: ClientConnection | None = None
-        self.reader: asyncio.Task[None] | None = None
+        self.proto: WsProtocol | None = None
         self.closed = asyncio.Event()
+        self.hello: asyncio.Future[dict[str, Any]] | None = None
+
+    def url(self, kind: str, since: str | None) -> str:
+        return self.member.ws_url(kind, since)
 
     async def open(self, kind: str, since: str | None = None) -> None:
-        self.ws = await connect(self.member.ws_url(kind, since), compression=None,
-                                max_size=1 << 22, ping_interval=None, open_timeout=120,
-                                close_timeout=5, max_queue=256)
-        hello = _loads(await asyncio.wait_for(self.ws.recv(), 60))
-        if hello.get("type") != "hello":
-            raise RuntimeError(f"expected hello, got {hello}")
-        self.cursor = hello.get("cursor")
-        self.reader = asyncio.get_running_loop().create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.ws is not None
+        self.hello = asyncio.get_running_loop().create_future()
+        self.proto = await open_ws(self.url(kind, since), self._on_text, self._on_close, 120)
         try:
-            async for raw in self.ws:
-                frame = _loads(raw)
-                kind = frame.get("type")
-                if kind == "event":
-                    self.cursor = frame["cursor"]
-                    self.on_event(self, frame["event"])
-                elif kind == "ack" or kind == "error":
-                    if kind == "error":
-                        self.stats.errors += 1
-                        self.stats.last_error = frame
-                    fut = self.pending.pop(frame.get("id"), None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(frame)
-        except ConnectionClosed:
-            pass
-        finally:
-            self.closed.set()
-            for fut in self.pending.values():
-                if not fut.done():
-                    fut.set_exception(ConnectionError("socket closed"))
-            self.pending.clear()
+            hello = await asyncio.wait_for(self.hello, 60)
+        except BaseException:
+            self.proto.close()
+            raise
+        self.cursor = hello.get("cursor")
+
+    def _on_text(self, payload: bytes) -> None:
+        if not self.parse_events and b'"message.created"' in payload:
+            self.on_event(self, FAST_EVENT)
+            return
+        self._on_frame(_loads(payload))
+
+    def _on_frame(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        if kind == "event":
+            self.cursor = frame["cursor"]
+            self.on_event(self, frame["event"])
+        elif kind == "ack" or kind == "error":
+            if kind == "error":
+                self.stats.errors += 1
+                self.stats.last_error = frame
+            fut = self.pending.pop(frame.get("id"), None)  # type: ignore[arg-type]
+            if fut is not None and not fut.done():
+                fut.set_result(frame)
+        elif kind == "hello":
+            if self.hello is not None and not self.hello.done():
+                self.hello.set_result(frame)
+
+    def _on_close(self) -> None:
+        self.closed.set()
+        if self.hello is not None and not self.hello.done():
+            self.hello.set_exception(ConnectionError("closed before hello"))
+            self.hello.exception()  # retrieved: open() may have failed before awaiting it
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("socket closed"))
+        self.pending.clear()
+
+    def _send(self, data: bytes) -> None:
+        assert self.proto is not None
+        self.proto.send_text(data)
 
     async def request(self, frame: dict[str, Any], want_reply: bool = True
                       ) -> asyncio.Future[dict[str, Any]] | None:
-        assert self.ws is not None
+        assert self.proto is not None
         req_id = str(next(self.ids))
         frame["id"] = req_id
         fut = None
         if want_reply:
             fut = asyncio.get_running_loop().create_future()
             self.pending[req_id] = fut
-        await self.ws.send(_dumps(frame))
+        self._send(_dumps(frame).encode())
+        if not self.proto.drained.is_set():
+            await self.proto.drained.wait()
         return fut
 
     async def send_message(self, body: str, want_ack: bool = True
@@ -163,54 +187,59 @@ class Client:
              "client_msg_id": secrets.token_hex(8), "body": body}, want_ack)
 
     async def close(self) -> None:
-        if self.ws is not None:
-            await self.ws.close()
-        if self.reader is not None:
-            await asyncio.wait([self.reader], timeout=10)
+        if self.proto is not None:
+            self.proto.close()
+            await asyncio.wait_for(self.closed.wait(), 10)
 
 
 class SocketIOClient(Client):
-    """The same interface over python-socketio (baseline c)."""
+    """The same interface over Socket.IO v5 / Engine.IO v4 frames (baseline c), hand-coded
+    on the same lean WebSocket so that both sides of the comparison pay the same client cost:
+    ``0{..}`` open, ``40{auth}`` connect, ``42["name",data]`` event, ``42N[..]`` / ``43N[..]``
+    a request and its ack, ``2``/``3`` ping/pong."""
 
-    async def open(self, kind: str, since: str | None = None) -> None:
-        import socketio
+    def url(self, kind: str, since: str | None) -> str:
+        base = "ws" + self.member.base_url[len("http"):]
+        return f"{base}/socket.io/?EIO=4&transport=websocket"
 
-        self.sio = socketio.AsyncClient(reconnection=False)
-        hello: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-
-        def on_hello(data: dict[str, Any]) -> None:
-            if not hello.done():
-                hello.set_result(data)
-
-        def on_event(data: dict[str, Any]) -> None:
-            self.cursor = data["cursor"]
-            self.on_event(self, data["event"])
-
-        self.sio.on("hello", on_hello)
-        self.sio.on("event", on_event)
-        await self.sio.connect(self.member.base_url, transports=["websocket"],
-                               auth={"token": self.member.token,
-                                     "rooms": [self.member.conversation_id]},
-                               wait_timeout=120)
-        self.cursor = (await asyncio.wait_for(hello, 60)).get("cursor")
+    def _on_text(self, payload: bytes) -> None:
+        head = payload[:2]
+        if payload == b"2":
+            self._send(b"3")
+        elif head == b"42":
+            if not self.parse_events and b'"message.created"' in payload:
+                self.on_event(self, FAST_EVENT)
+                return
+            name, data = _loads(payload[2:])
+            if name == "event" or name == "hello":
+                self._on_frame(data)
+        elif head == b"43":
+            i = payload.index(b"[")
+            fut = self.pending.pop(payload[2:i].decode(), None)
+            if fut is not None and not fut.done():
+                fut.set_result(_loads(payload[i:])[0])
+        elif payload[:1] == b"0":
+            auth = {"token": self.member.token, "rooms": [self.member.conversation_id]}
+            self._send(b"40" + _dumps(auth).encode())
+        elif head == b"44" and self.hello is not None and not self.hello.done():
+            self.hello.set_exception(ConnectionError(payload.decode(errors="replace")))
 
     async def request(self, frame: dict[str, Any], want_reply: bool = True
                       ) -> asyncio.Future[dict[str, Any]] | None:
-        frame["id"] = str(next(self.ids))
-        if not want_reply:
-            await self.sio.emit(frame["type"], frame)
-            return None
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-
-        def done(reply: dict[str, Any]) -> None:
-            if not fut.done():
-                fut.set_result(reply)
-
-        await self.sio.emit(frame["type"], frame, callback=done)
+        assert self.proto is not None
+        req_id = str(next(self.ids))
+        frame["id"] = req_id
+        packet = _dumps([frame["type"], frame]).encode()
+        fut = None
+        if want_reply:
+            fut = asyncio.get_running_loop().create_future()
+            self.pending[req_id] = fut
+            self._send(b"42" + req_id.encode() + packet)
+        else:
+            self._send(b"42" + packet)
+        if not self.proto.drained.is_set():
+            await self.proto.drained.wait()
         return fut
-
-    async def close(self) -> None:
-        await self.sio.disconnect()
 
 
 @dataclass
@@ -298,7 +327,7 @@ async def open_all(target: Target, members: list[Member], on_event: EventHandler
                 try:
                     await c.open(target.kind, since[i] if since else None)
                     return
-                except (OSError, TimeoutError, InvalidStatus):
+                except (OSError, TimeoutError, HandshakeError):
                     stats.connect_failures += 1
                     if attempt == 2:
                         raise
@@ -315,7 +344,7 @@ async def close_all(clients: list[Client]) -> None:
         async with sem:
             try:
                 await asyncio.wait_for(c.close(), 15)
-            except (TimeoutError, OSError, ConnectionClosed):
+            except (TimeoutError, OSError):
                 pass
 
     await asyncio.gather(*(one(c) for c in clients))
@@ -374,6 +403,8 @@ async def fanout(target: Target, p: Params, meter: CpuMeter) -> dict[str, Any]:
             delivered += 1
 
     clients = await open_all(target, [m for room in rooms for m in room], on_event, stats)
+    for c in clients:
+        c.parse_events = False
     senders = clients[::p.members]
     acked = 0
     stop = False

@@ -231,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="write docs/benchmarks.md after")
     parser.add_argument("--keep-going", action="store_true", help="log failures and continue")
     args = parser.parse_args(argv)
+    # A SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the servers get stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     scenarios = args.scenario or (SCENARIOS if args.all else None)
     targets = args.target or (list(TARGETS) if args.all else None)
