@@ -49,7 +49,7 @@ NOVA_PASSWORD = "bench-password-1"  # throwaway accounts, throwaway server
 class Params:
     rooms: int = 100
     members: int = 10
-    window: int = 1  # outstanding sends per sender (fan-out)
+    window: int = 4  # sends in flight per sender (fan-out): acks pace them
     rate: float = 2000.0  # offered sends/s (latency)
     idle_sockets: int = 10_000
     idle_users: int = 100  # Nova: sockets are spread over this many accounts
