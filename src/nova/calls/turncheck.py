@@ -515,7 +515,8 @@ async def check_turn_server(host: str, port: int, *, transport: Transport = "udp
                     results.append(CheckResult(f"denied {peer}", False,
                                                "GRANTED: the server relays to this peer"))
                 except StunError as exc:
-                    results.append(CheckResult(f"denied {peer}", exc.code == 403,
+                    # 403 Forbidden IP; 443: the relay's address family cannot reach it at all.
+                    results.append(CheckResult(f"denied {peer}", exc.code in (403, 443),
                                                f"refused: {exc}"))
                 except StunTimeout as exc:
                     results.append(CheckResult(f"denied {peer}", False, str(exc)))
