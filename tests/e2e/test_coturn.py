@@ -391,3 +391,51 @@ async def test_turn_client_times_out_on_silent_server() -> None:
         async with TurnClient("127.0.0.1", silent.getsockname()[1], timeout=0.5) as client:
             with pytest.raises(StunTimeout):
                 await client.binding()
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    tmp.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = tmp / "tls.crt", tmp / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_nova_turn_check_over_tls(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path / "tls")
+    tls_port = _free_port()
+    server = start_coturn(tmp_path / "coturn", f"--cert={cert}", f"--pkey={key}",
+                          f"--tls-listening-port={tls_port}")
+    try:
+        env = {**os.environ, "NOVA_TURN_SHARED_SECRET": server.secret}
+        result = subprocess.run(
+            [sys.executable, "-m", "nova", "turn", "check", f"127.0.0.1:{tls_port}",
+             "--transport", "tls", "--insecure"],
+            capture_output=True, text=True, timeout=60, env=env)
+        assert result.returncode == 0, result.stdout + result.stderr + server.log_text()
+        assert "PASS  turn_allocate" in result.stdout
+        # verification on: a self-signed certificate must fail the check
+        strict = subprocess.run(
+            [sys.executable, "-m", "nova", "turn", "check", f"127.0.0.1:{tls_port}",
+             "--transport", "tls"],
+            capture_output=True, text=True, timeout=60, env=env)
+        assert strict.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in strict.stdout
+    finally:
+        server.stop()
