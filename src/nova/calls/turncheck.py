@@ -249,8 +249,10 @@ class TurnClient:
         try:
             if self.transport == "udp":
                 infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
+                family, sockaddr = infos[0][0], infos[0][4]
+                remote = (str(sockaddr[0]), int(sockaddr[1]))
                 self._udp, self._udp_proto = await loop.create_datagram_endpoint(
-                    _UdpProtocol, remote_addr=infos[0][4][:2], family=infos[0][0])
+                    _UdpProtocol, remote_addr=remote, family=family)
             else:
                 ctx = None
                 if self.transport == "tls":
