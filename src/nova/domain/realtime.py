@@ -291,9 +291,12 @@ class Realtime:
             self._spawn(self._went_online(sub.user_id))
         metrics.WS_CONNECTIONS.inc()
         if since is None:
-            sub.send_frame(orjson.dumps({"type": "hello", **hello, "cursor": str(upto)})
+            # No backlog: start at the log's head now (which may be ahead of this
+            # replica's dispatcher); what the dispatcher queues up to it is skipped.
+            head = max(upto, await self.store.head_position())
+            sub.send_frame(orjson.dumps({"type": "hello", **hello, "cursor": str(head)})
                            .decode())
-            conn.cursor = upto
+            conn.cursor = head
             await self._go_live(conn)
             return
         sub.send_frame(orjson.dumps({"type": "hello", **hello, "cursor": str(since)}).decode())
