@@ -24,9 +24,9 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
     Counter,
-    disable_created_metrics,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 
