@@ -32,25 +32,28 @@ from prometheus_client import (
 
 __all__ = [
     "BROKER_PUBLISH_ERRORS",
+    "BROKER_RECONNECTS",
     "CALLS",
     "CALL_OUTCOMES",
     "CATCHUP_REASONS",
-    "DB_ERRORS",
-    "DB_QUERY_DURATION",
+    "DATABASE_ERRORS",
+    "DATABASE_QUERY_DURATION",
     "DISPATCH_CATCHUPS",
     "DISPATCH_LAG",
     "EVENTS_APPENDED",
     "EVENTS_FANNED_OUT",
+    "EVENTS_REPLAYED",
     "EVENT_TYPES",
     "HTTP_REQUESTS",
     "HTTP_REQUEST_DURATION",
     "LATENCY_BUCKETS",
     "MESSAGES_DELIVERED",
     "MESSAGES_SENT",
+    "MESSAGE_TRANSPORTS",
     "RATE_LIMITED",
     "RATE_LIMIT_SCOPES",
     "TURN_CREDENTIALS_ISSUED",
-    "WS_CONNECTIONS_ACTIVE",
+    "WS_CONNECTIONS",
     "WS_ERRORS",
     "WS_ERROR_REASONS",
     "WS_SLOW_CONSUMERS",
@@ -74,15 +77,19 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 
 # --- the fixed label sets (anything else is recorded as "other") ----------------------------
 WS_ERROR_REASONS = (
-    "bad_frame",  # not JSON, unknown type, missing fields
+    "bad_frame",  # not JSON, missing fields, wrong types
+    "unknown_frame",  # a frame type the server does not know
     "frame_too_large",
-    "rate_limited",
+    "flood",  # past the frame rate limit
+    "origin",  # Origin not allowed
     "unauthorized",
+    "too_many_sockets",
     "slow_consumer",
     "heartbeat_timeout",
     "internal",
     "other",
 )
+MESSAGE_TRANSPORTS = ("http", "ws")
 EVENT_TYPES = (
     "message.created", "message.updated", "message.deleted",
     "conversation.created", "conversation.updated",
@@ -107,7 +114,7 @@ HTTP_REQUEST_DURATION = Histogram(
     ["method", "route"],
     buckets=LATENCY_BUCKETS,
 )
-WS_CONNECTIONS_ACTIVE = Gauge(
+WS_CONNECTIONS = Gauge(
     "websocket_connections_active",
     "WebSocket connections currently open on this replica.",
 )
@@ -116,13 +123,13 @@ WS_ERRORS = Counter(
     "WebSocket errors (error frames sent and abnormal closes), by reason.",
     ["reason"],
 )
-DB_QUERY_DURATION = Histogram(
+DATABASE_QUERY_DURATION = Histogram(
     "database_query_duration_seconds",
     "Duration of database operations (one storage call, possibly several statements).",
     ["operation"],
     buckets=LATENCY_BUCKETS,
 )
-DB_ERRORS = Counter(
+DATABASE_ERRORS = Counter(
     "database_errors_total",
     "Database operations that raised an unexpected error, by operation.",
     ["operation"],
@@ -131,7 +138,9 @@ DB_ERRORS = Counter(
 # --- domain metrics -------------------------------------------------------------------------
 MESSAGES_SENT = Counter(
     "nova_messages_sent_total",
-    "Messages durably stored (first send only; an idempotent retry is not counted).",
+    "Messages durably stored (first send only; an idempotent retry is not counted), "
+    "by the transport they came in on (http, ws).",
+    ["transport"],
 )
 MESSAGES_DELIVERED = Counter(
     "nova_messages_delivered_total",
@@ -146,6 +155,10 @@ EVENTS_FANNED_OUT = Counter(
     "nova_events_fanned_out_total",
     "Event frames written to WebSockets (all types).",
 )
+EVENTS_REPLAYED = Counter(
+    "nova_events_replayed_total",
+    "Events sent from the log to a resuming socket (``?since=``).",
+)
 DISPATCH_CATCHUPS = Counter(
     "nova_dispatch_catchups_total",
     "Dispatcher catch-up reads of the event log, by what triggered them.",
@@ -159,6 +172,10 @@ DISPATCH_LAG = Histogram(
 BROKER_PUBLISH_ERRORS = Counter(
     "nova_broker_publish_errors_total",
     "Broker publishes that failed (events still reach sockets through the catch-up tick).",
+)
+BROKER_RECONNECTS = Counter(
+    "nova_broker_reconnects_total",
+    "Broker subscriber reconnects (each followed by a catch-up from the event log).",
 )
 WS_SLOW_CONSUMERS = Counter(
     "nova_ws_slow_consumers_total",
@@ -181,6 +198,8 @@ RATE_LIMITED = Counter(
 
 for _reason in WS_ERROR_REASONS:
     WS_ERRORS.labels(_reason)
+for _transport in MESSAGE_TRANSPORTS:
+    MESSAGES_SENT.labels(_transport)
 for _type in EVENT_TYPES:
     EVENTS_APPENDED.labels(_type)
 for _reason in CATCHUP_REASONS:
@@ -248,8 +267,8 @@ class observe_db:  # lowercase: used like a function, `with observe_db("insert_m
             raise ValueError(f"operation must be snake_case, got {operation!r}")
         self.operation = operation
         self.expected = expected
-        self._histogram = DB_QUERY_DURATION.labels(operation)
-        self._errors = DB_ERRORS.labels(operation)
+        self._histogram = DATABASE_QUERY_DURATION.labels(operation)
+        self._errors = DATABASE_ERRORS.labels(operation)
         self._starts: list[float] = []  # a stack: the same object may be re-entered
 
     # -- context manager --

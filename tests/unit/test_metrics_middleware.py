@@ -37,6 +37,8 @@ DOMAIN_NAMES = (
     "nova_dispatch_catchups_total",
     "nova_dispatch_lag_seconds",
     "nova_broker_publish_errors_total",
+    "nova_broker_reconnects_total",
+    "nova_events_replayed_total",
     "nova_ws_slow_consumers_total",
     "nova_calls_total",
     "nova_turn_credentials_issued_total",
