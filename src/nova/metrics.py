@@ -123,7 +123,18 @@ WS_ERRORS = Counter(
     "WebSocket errors (error frames sent and abnormal closes), by reason.",
     ["reason"],
 )
-DATABASE_QUERY_DURATION = Histogram(
+class _DatabaseHistogram(Histogram):
+    """Creating the duration series of an operation also creates its error series (at 0),
+    so ``rate(database_errors_total[5m])`` exists for every operation that ever ran,
+    whichever code path (``observe_db`` or the store's own timing) records it."""
+
+    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> Any:
+        child = super().labels(*labelvalues, **labelkwargs)
+        DATABASE_ERRORS.labels(*labelvalues, **labelkwargs)
+        return child
+
+
+DATABASE_QUERY_DURATION = _DatabaseHistogram(
     "database_query_duration_seconds",
     "Duration of database operations (one storage call, possibly several statements).",
     ["operation"],

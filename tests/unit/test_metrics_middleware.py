@@ -181,6 +181,13 @@ async def test_metrics_observe_db_decorates_async_and_sync() -> None:
         metrics.observe_db("SELECT * FROM users WHERE id=1")
 
 
+def test_metrics_database_error_series_exists_from_first_timing() -> None:
+    # the store times operations with DATABASE_QUERY_DURATION directly
+    metrics.DATABASE_QUERY_DURATION.labels(operation="unit_test_direct").observe(0.001)
+    body, _ = metrics.render_metrics()
+    assert b'database_errors_total{operation="unit_test_direct"} 0.0' in body
+
+
 async def test_middleware_route_label_is_the_template_not_the_id(
     access_lines: io.StringIO,
 ) -> None:
