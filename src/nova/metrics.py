@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 # No ``*_created`` series next to every counter and histogram: half the series, no value.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Sub-millisecond (SQLite lookups, in-process fan-out) to multi-second (slow PostgreSQL,
 # catch-up after a broker reconnect). 14 buckets + ``+Inf``.

@@ -56,7 +56,7 @@ def test_prometheus_config_promtool_rejects_a_broken_relabel(tmp_path: Path) -> 
 
 
 def _job(config: dict[str, Any], name: str) -> dict[str, Any]:
-    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    jobs: dict[str, dict[str, Any]] = {j["job_name"]: j for j in config["scrape_configs"]}
     assert name in jobs, f"no scrape job {name}"
     return jobs[name]
 

@@ -50,7 +50,7 @@ def _incoming_request_id(scope: Scope) -> str:
     for key, value in scope.get("headers", ()):
         if key.lower() == _HEADER_KEY:
             try:
-                text = value.decode("ascii")
+                text: str = bytes(value).decode("ascii")
             except UnicodeDecodeError:
                 break
             if _REQUEST_ID_RE.match(text):
@@ -75,7 +75,7 @@ def _match_template(routes: Iterable[Any], scope: Scope, prefix: str = "") -> st
             if found is not None:
                 return found
             continue
-        if path is not None:
+        if isinstance(path, str):
             return prefix + path
     return None
 
