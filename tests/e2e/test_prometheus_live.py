@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
 import importlib.util
 import json
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -165,14 +167,51 @@ async def _drive_traffic(url: str, password: str, body: str) -> dict[str, str]:
         }
 
 
-def _alertmanager_config(tmp_path: Path, sink_port: int) -> Path:
+class _SlackSink:
+    """A local stand-in for Slack's incoming webhook: records every POSTed JSON body."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                sink.bodies.append(json.loads(self.rfile.read(length) or b"{}"))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def slack_sink() -> Iterator[_SlackSink]:
+    sink = _SlackSink()
+    yield sink
+    sink.close()
+
+
+def _alertmanager_config(tmp_path: Path, slack_port: int) -> Path:
     """The shipped alertmanager.yml with its secret files and SMTP host pointed at tmp_path."""
     config = ms.load_yaml(ms.ALERTMANAGER_YML)
-    (tmp_path / "slack-webhook-url").write_text(f"http://127.0.0.1:{sink_port}/slack\n")
+    (tmp_path / "slack-webhook-url").write_text(f"http://127.0.0.1:{slack_port}/slack\n")
     (tmp_path / "smtp-password").write_text("not-a-real-password\n")
     config["global"]["slack_api_url_file"] = str(tmp_path / "slack-webhook-url")
     config["global"]["smtp_auth_password_file"] = str(tmp_path / "smtp-password")
-    config["global"]["smtp_smarthost"] = f"127.0.0.1:{sink_port}"
+    # nothing listens there: the e-mail attempt fails fast and stays on loopback
+    config["global"]["smtp_smarthost"] = f"127.0.0.1:{_free_port()}"
     path = tmp_path / "alertmanager.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -182,6 +221,7 @@ def test_prometheus_scrapes_nova_rules_and_dashboard_evaluate(
     tmp_path: Path,
     nova_process: Callable[..., Any],
     daemons: Callable[[list[str], Path, str], Daemon],
+    slack_sink: _SlackSink,
 ) -> None:
     prometheus = ms.require_program("prometheus")
     alertmanager = ms.require_program("prometheus-alertmanager")
@@ -193,11 +233,11 @@ def test_prometheus_scrapes_nova_rules_and_dashboard_evaluate(
     secrets_seen = asyncio.run(_drive_traffic(nova.url, password, body))
 
     # --- Alertmanager on the shipped config ---
-    am_port, sink_port = _free_port(), _free_port()
+    am_port = _free_port()
     am_dir = tmp_path / "am"
     am_dir.mkdir()
     am = daemons(
-        [alertmanager, f"--config.file={_alertmanager_config(am_dir, sink_port)}",
+        [alertmanager, f"--config.file={_alertmanager_config(am_dir, slack_sink.port)}",
          f"--storage.path={am_dir / 'data'}", f"--web.listen-address=127.0.0.1:{am_port}",
          "--cluster.listen-address="],
         tmp_path / "alertmanager.log", f"http://127.0.0.1:{am_port}/-/ready",
@@ -341,6 +381,13 @@ def test_prometheus_scrapes_nova_rules_and_dashboard_evaluate(
     assert final == {"NovaDown": "active", "NovaHighLatency": "suppressed",
                      "NovaMemoryNearLimit": "active"}
     assert am.proc.poll() is None
+    # the critical group goes out to Slack (group_wait 10 s), with the webhook URL that
+    # Alertmanager read from its file
+    def slack_critical() -> list[dict[str, Any]]:
+        return [b for b in slack_sink.bodies if "NovaDown" in json.dumps(b)]
+
+    posted = _poll("the critical alert on Slack", slack_critical, timeout=45)
+    assert posted[0]["channel"] == "#nova-alerts"
 
     # the service's own logs: JSON lines, request ids, no secrets, no bodies
     log_text = nova.log_path.read_text()
