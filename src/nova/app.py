@@ -124,6 +124,7 @@ def build_services(settings: Settings) -> Services:
 def create_app(settings: Settings) -> FastAPI:
     from nova.gateway.endpoint import close_all, websocket_endpoint
     from nova.http import auth, conversations, errors, health, messages, users
+    from nova.http.middleware import ObservabilityMiddleware
 
     services = build_services(settings)
 
@@ -166,4 +167,6 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (health, auth, users, conversations, messages):
         app.include_router(module.router)
     app.router.routes.append(WebSocketRoute("/ws", websocket_endpoint))
+    # request id, http_requests_total / http_request_duration_seconds, access log
+    app.add_middleware(ObservabilityMiddleware)
     return app

@@ -235,10 +235,11 @@ async def _handle(raw: str, conn: Connection, svc: Services) -> str | None:
     user = conn.user_id
     try:
         if ftype == "message.send":
-            msg, _ = await svc.conversations.send(
+            msg, created = await svc.conversations.send(
                 _str_field(frame, "conversation_id"), user, frame.get("client_msg_id"),
                 frame.get("body"), frame.get("kind"), frame.get("reply_to"))
-            metrics.MESSAGES_SENT.labels(transport="ws").inc()
+            if created:  # an idempotent retry is not a new message
+                metrics.MESSAGES_SENT.labels(transport="ws").inc()
             return orjson.dumps({"type": "ack", "id": req_id, "message": msg.wire()}).decode()
         if ftype == "ping":
             return orjson.dumps({"type": "pong", "id": req_id} if req_id is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
+from nova import metrics
 from nova.http.deps import Caller, services
 from nova.http.responses import Json, errors
 from nova.http.schemas import MessageIn, MessageList, MessageOut, MessagePatch, ReadIn
@@ -24,6 +25,8 @@ async def send(conversation_id: str, body: MessageIn, caller: Caller,
     msg, created = await services(request).conversations.send(
         conversation_id, caller.user_id, body.client_msg_id, body.body, body.kind,
         body.reply_to)
+    if created:
+        metrics.MESSAGES_SENT.labels(transport="http").inc()
     return Json(msg.wire(), status_code=201 if created else 200)
 
 
