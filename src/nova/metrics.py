@@ -43,6 +43,10 @@ WS_ERRORS = Counter("websocket_errors_total", "WebSocket errors", ["reason"])
 WS_SLOW_CONSUMERS = Counter("nova_ws_slow_consumers_total", "Sockets cut off as too slow")
 BROKER_RECONNECTS = Counter("nova_broker_reconnects_total", "Broker subscriber reconnects")
 BROKER_PUBLISH_ERRORS = Counter("nova_broker_publish_errors_total", "Failed broker publishes")
+CALLS = Counter("nova_calls_total", "Calls started, and ended by outcome "
+                "(started, declined, missed, cancelled, hangup, failed)", ["outcome"])
+TURN_CREDENTIALS_ISSUED = Counter("nova_turn_credentials_issued_total",
+                                  "TURN REST credentials handed out (ice-servers)")
 
 
 def render_metrics() -> tuple[bytes, str]:
