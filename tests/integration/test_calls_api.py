@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-
 from conftest import LiveServer
+
 from nova.client import ApiError, NovaClient, Socket
 from nova.settings import Settings
 
