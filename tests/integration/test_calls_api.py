@@ -8,13 +8,15 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
-from conftest import LiveServer
+import redis.asyncio as aioredis
+from conftest import REDIS_URL, LiveServer, missing
 
 from nova.client import ApiError, NovaClient, Socket
 from nova.settings import Settings
@@ -503,3 +505,49 @@ async def test_ice_servers_without_turn_secret_list_stun_only(
         assert body["ice_servers"] == [{"urls": ["stun:127.0.0.1:3478"]}]
     finally:
         await close(alice)
+
+
+# --- two replicas (PostgreSQL + Redis): supervision sees sockets on the other replica --------
+
+@pytest.fixture
+def replica_settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings("postgresql", redis_url=REDIS_URL,
+                         redis_prefix=f"novatest{secrets.token_hex(4)}",
+                         call_disconnect_grace_seconds=0.5)
+
+
+async def test_call_supervision_counts_sockets_on_every_replica(
+        replica_settings: Settings) -> None:
+    probe = aioredis.from_url(REDIS_URL)
+    try:
+        await probe.ping()
+    except Exception as exc:
+        missing(f"Redis at {REDIS_URL}: {exc}")
+    finally:
+        await probe.aclose()
+    a = LiveServer(replica_settings.model_copy(update={"instance_id": "replica-a"}))
+    b = LiveServer(replica_settings.model_copy(update={"instance_id": "replica-b"}))
+    await a.start()
+    await b.start()
+    alice, bob = await users(a.url, "alice", "bob")
+    bob_b = NovaClient(b.url)
+    try:
+        await bob_b.login("bob", PASSWORD)
+        conv = await alice.create_direct(bob.user_id)
+        async with alice.socket() as a1:  # alice on replica A
+            async with bob_b.socket() as b1:  # bob only on replica B
+                call = await start(alice, conv["id"])
+                await call_event(b1, "call.ringing", call["id"])
+                await act(bob, call["id"], "accept")
+                await call_event(a1, "call.accepted", call["id"])
+                for _ in range(3):  # replica A must not fail bob: his socket is on B
+                    await a.services.calls.supervise()
+                    await asyncio.sleep(0.3)
+                assert (await alice.request("GET", f"/api/v1/calls/{call['id']}"))[
+                    "state"] == "active"
+            ev = await call_event(a1, "call.ended", call["id"], timeout=20)
+            assert ev["call"]["end_reason"] == "failed"
+    finally:
+        await close(alice, bob, bob_b)
+        await a.stop()
+        await b.stop()
