@@ -29,11 +29,11 @@ from aiortc import (
     VideoStreamTrack,
 )
 from aiortc.sdp import candidate_from_sdp
-from conftest import NovaProcess
 from test_coturn import Coturn, start_coturn
 
 from nova.calls.turncheck import TurnClient
 from nova.client import NovaClient, Socket
+from tests.conftest import NovaProcess
 
 pytestmark = pytest.mark.e2e
 

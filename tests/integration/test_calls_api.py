@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from conftest import REDIS_URL, LiveServer, missing
 
 from nova.client import ApiError, NovaClient, Socket
 from nova.settings import Settings
+from tests.conftest import REDIS_URL, LiveServer, missing
 
 pytestmark = pytest.mark.integration
 
