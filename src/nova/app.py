@@ -16,6 +16,7 @@ from starlette.routing import WebSocketRoute
 from nova import __version__
 from nova.broker.memory import MemoryBroker
 from nova.broker.presence import MemoryPresence, RedisPresence
+from nova.calls.signaling import CallService
 from nova.domain.accounts import AccountService
 from nova.domain.conversations import ConversationService
 from nova.domain.realtime import Realtime
@@ -36,7 +37,7 @@ class Services:
     conversations: ConversationService
     realtime: Realtime
     broker: Any
-    calls: Any = None
+    calls: CallService | None = None
     draining: bool = False
     gateway_connections: set[Any] = field(default_factory=set)
 
@@ -117,13 +118,22 @@ def build_services(settings: Settings) -> Services:
         max_group_members=settings.max_group_members,
         max_client_msg_id=settings.max_client_msg_id_length,
         default_page=settings.default_page_size, max_page=settings.max_page_size)
+    calls = CallService(
+        store, realtime, presence,
+        ring_timeout_seconds=settings.call_ring_timeout_seconds,
+        disconnect_grace_seconds=settings.call_disconnect_grace_seconds,
+        signal_max_bytes=settings.call_signal_max_bytes,
+        stun_urls=settings.stun_urls, turn_urls=settings.turn_urls,
+        turn_secret=settings.turn_shared_secret, turn_ttl_seconds=settings.turn_ttl_seconds,
+        default_page=settings.default_page_size, max_page=settings.max_page_size)
     return Services(settings=settings, store=store, accounts=accounts,
-                    conversations=conversations, realtime=realtime, broker=broker)
+                    conversations=conversations, realtime=realtime, broker=broker,
+                    calls=calls)
 
 
 def create_app(settings: Settings) -> FastAPI:
     from nova.gateway.endpoint import close_all, websocket_endpoint
-    from nova.http import auth, conversations, errors, health, messages, users
+    from nova.http import auth, calls, conversations, errors, health, messages, users
     from nova.http.middleware import ObservabilityMiddleware
 
     services = build_services(settings)
@@ -164,7 +174,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.services = services
     errors.install(app)
-    for module in (health, auth, users, conversations, messages):
+    for module in (health, auth, users, conversations, messages, calls):
         app.include_router(module.router)
     app.router.routes.append(WebSocketRoute("/ws", websocket_endpoint))
     # request id, http_requests_total / http_request_duration_seconds, access log

@@ -6,7 +6,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from nova.domain.models import Call, Conversation, Message, NewEvent, StoredEvent, User
+from nova.domain.models import (
+    Call,
+    Conversation,
+    Message,
+    NewEvent,
+    Participant,
+    StoredEvent,
+    User,
+)
 
 
 class EventNotifier(Protocol):
@@ -21,6 +29,13 @@ class NullNotifier:
 
     def events_committed(self, last_pos: int) -> None:
         return None
+
+
+class SocketCounter(Protocol):
+    """How many sockets a user has on ALL replicas (``nova.broker.presence``); ``adjust``
+    with ``delta=0`` only reads. Call supervision uses it to spot vanished participants."""
+
+    async def adjust(self, user_id: str, delta: int) -> int: ...
 
 
 class Store(Protocol):
@@ -107,7 +122,8 @@ class Store(Protocol):
     async def create_call(self, call: Call) -> Call: ...
     async def get_call(self, call_id: str) -> Call | None: ...
     async def update_call(
-        self, call_id: str, expected_state: str, new: Call, event_type: str
+        self, call_id: str, expected_state: str, new: Call, event_type: str,
+        expected_participants: tuple[Participant, ...] | None = None,
     ) -> Call | None: ...
     async def list_calls(
         self, viewer: str, conversation_id: str | None, limit: int

@@ -762,13 +762,20 @@ class SqlStore:
         return _call(row) if row else None
 
     async def update_call(self, call_id: str, expected_state: str, new: Call,
-                          event_type: str) -> Call | None:
-        """Compare-and-set a call's state; append ``event_type``. None if the state moved."""
+                          event_type: str,
+                          expected_participants: tuple[Participant, ...] | None = None,
+                          ) -> Call | None:
+        """Compare-and-set a call's state (and, when given, its participants: two members
+        of a group call acting at once must not overwrite each other); append
+        ``event_type``. None if the state moved."""
         now = now_ms()
+        cond = [calls.c.id == call_id, calls.c.state == expected_state]
+        if expected_participants is not None:
+            cond.append(calls.c.participants == orjson.dumps(
+                [p.wire() for p in expected_participants]).decode())
         async with self._write("update_call") as conn:
             await self._touch_quiet(conn, new.conversation_id)
-            done = (await conn.execute(update(calls).where(
-                calls.c.id == call_id, calls.c.state == expected_state).values(
+            done = (await conn.execute(update(calls).where(*cond).values(
                 state=new.state,
                 participants=orjson.dumps([p.wire() for p in new.participants]).decode(),
                 live_key=None if new.state == "ended" else new.conversation_id,
