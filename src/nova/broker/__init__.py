@@ -1,0 +1,1 @@
+"""Broker engines: in-process and Redis pub/sub, and the rate-limit token buckets."""

@@ -1,0 +1,1 @@
+"""The REST edge: routes, schemas, error mapping, and the ASGI edge middlewares."""
