@@ -1,1 +1,1 @@
-"""Broker engines: in-process and Redis pub/sub, and the rate-limit token buckets."""
+"""Brokers: the doorbell and the ephemeral channel between replicas (memory or Redis)."""

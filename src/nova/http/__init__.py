@@ -1,1 +1,1 @@
-"""The REST edge: routes, schemas, error mapping, and the ASGI edge middlewares."""
+"""The REST edge: routes, wire schemas, auth, error mapping. No business rules here."""

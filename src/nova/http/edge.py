@@ -148,10 +148,16 @@ def request_is_tls(scope: Scope, trusted_proxies: Iterable[str | IPNetwork]) -> 
 
 # --- responses -------------------------------------------------------------------------------
 
+def _problem_body(status: int, title: str, detail: str, code: ErrorCode) -> bytes:
+    """The RFC 9457 document, shaped like ``nova.http.errors.problem``."""
+    return json.dumps({"type": f"https://nova.dev/problems/{code.value.replace('_', '-')}",
+                       "title": title, "status": status, "detail": detail,
+                       "code": code.value}).encode()
+
+
 async def _send_problem(send: Send, status: int, title: str, detail: str, code: ErrorCode,
                         headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
-    body = json.dumps({"type": "about:blank", "title": title, "status": status,
-                       "detail": detail, "code": str(code)}).encode()
+    body = _problem_body(status, title, detail, code)
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/problem+json"),
                             (b"content-length", str(len(body)).encode()), *headers]})
@@ -167,8 +173,7 @@ async def _deny_websocket(scope: Scope, receive: Receive, send: Send, status: in
     if message["type"] != "websocket.connect":
         return
     if "websocket.http.response" in (scope.get("extensions") or {}):
-        body = json.dumps({"type": "about:blank", "title": title, "status": status,
-                           "detail": detail, "code": str(code)}).encode()
+        body = _problem_body(status, title, detail, code)
         await send({"type": "websocket.http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/problem+json"),
                                 (b"content-length", str(len(body)).encode()), *headers]})
