@@ -101,9 +101,23 @@ class Settings(BaseSettings):
     rate_limit_user_per_second: float = Field(default=10.0, gt=0)
     rate_limit_user_burst: int = Field(default=50, ge=1)
     max_connections_per_ip: int = Field(default=100, ge=1)
+    # Strict-Transport-Security max-age sent on responses that came over TLS; 0: no HSTS.
+    hsts_max_age_seconds: int = Field(default=31_536_000, ge=0)
 
     _split = field_validator("turn_urls", "stun_urls", "cors_origins", "trusted_proxies",
                              mode="before")(_split_csv)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or CIDR: {item!r}") from None
+        return value
 
     @model_validator(mode="after")
     def _secrets_from_files(self) -> Settings:
