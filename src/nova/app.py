@@ -11,11 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from starlette.responses import HTMLResponse
 from starlette.routing import WebSocketRoute
 
 from nova import __version__
 from nova.broker.memory import MemoryBroker
 from nova.broker.presence import MemoryPresence, RedisPresence
+from nova.broker.ratelimit import build_rate_limiters
 from nova.calls.signaling import CallService
 from nova.domain.accounts import AccountService
 from nova.domain.conversations import ConversationService
@@ -38,6 +41,7 @@ class Services:
     realtime: Realtime
     broker: Any
     calls: CallService | None = None
+    limiters: Any = None
     draining: bool = False
     gateway_connections: set[Any] = field(default_factory=set)
 
@@ -126,7 +130,10 @@ def build_services(settings: Settings) -> Services:
         stun_urls=settings.stun_urls, turn_urls=settings.turn_urls,
         turn_secret=settings.turn_shared_secret, turn_ttl_seconds=settings.turn_ttl_seconds,
         default_page=settings.default_page_size, max_page=settings.max_page_size)
-    return Services(settings=settings, store=store, accounts=accounts,
+
+
+    limiters = build_rate_limiters(settings, redis=broker.client if settings.redis_url else None)
+    return Services(settings=settings, store=store, accounts=accounts, limiters=limiters,
                     conversations=conversations, realtime=realtime, broker=broker,
                     calls=calls)
 
@@ -134,6 +141,7 @@ def build_services(settings: Settings) -> Services:
 def create_app(settings: Settings) -> FastAPI:
     from nova.gateway.endpoint import close_all, websocket_endpoint
     from nova.http import auth, calls, conversations, errors, health, messages, users
+    from nova.http.edge import CSP_DOCS, add_edge_middleware
     from nova.http.middleware import ObservabilityMiddleware
 
     services = build_services(settings)
@@ -145,9 +153,6 @@ def create_app(settings: Settings) -> FastAPI:
         await services.realtime.start()
         if services.calls is not None:
             await services.calls.start()
-        if not settings.rate_limits_enabled:
-            log.warning("NOVA_RATE_LIMITS=off: every rate limit is disabled "
-                        "(load tests and benchmarks only)")
         log.info("nova %s ready (database: %s, broker: %s)", __version__,
                  "postgresql" if settings.is_postgres else "sqlite",
                  "redis" if settings.redis_url else "memory")
@@ -158,6 +163,7 @@ def create_app(settings: Settings) -> FastAPI:
             if services.calls is not None:
                 await services.calls.stop()
             await services.realtime.stop()
+            await services.limiters.aclose()
             await services.store.close()
 
     app = FastAPI(
@@ -169,14 +175,24 @@ def create_app(settings: Settings) -> FastAPI:
             "call signaling go over the WebSocket at `/ws` (see docs/protocol.md). Errors "
             "are RFC 9457 problem documents with a stable `code`."),
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,
         redoc_url=None,
     )
     app.state.services = services
+    app.state.user_limiter = services.limiters.user if settings.rate_limits_enabled else None
     errors.install(app)
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        page = get_swagger_ui_html(openapi_url="/openapi.json", title="Nova API")
+        page.headers["Content-Security-Policy"] = CSP_DOCS
+        return page
+
     for module in (health, auth, users, conversations, messages, calls):
         app.include_router(module.router)
     app.router.routes.append(WebSocketRoute("/ws", websocket_endpoint))
-    # request id, http_requests_total / http_request_duration_seconds, access log
+    # Security headers, CORS and the WebSocket Origin check, per-IP connection cap and rate
+    # limit; then, outermost, request id + http metrics + access log (counts 429s too).
+    add_edge_middleware(app, settings, services.limiters.ip)
     app.add_middleware(ObservabilityMiddleware)
     return app

@@ -119,11 +119,7 @@ def _token(ws: WebSocket) -> str | None:
 async def websocket_endpoint(ws: WebSocket) -> None:
     svc: Services = ws.app.state.services
     settings = svc.settings
-    origin_ok = getattr(ws.app.state, "ws_origin_allowed", None)
-    if origin_ok is not None and not origin_ok(ws.headers.get("origin")):
-        metrics.WS_ERRORS.labels(reason="origin").inc()
-        await ws.close(CloseCode.POLICY)  # before accept: the handshake gets 403
-        return
+    # The Origin check happens in the edge middleware (nova.http.edge), before this runs.
     if svc.draining:
         await ws.close(CloseCode.GOING_AWAY)
         return

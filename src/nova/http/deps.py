@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from nova import metrics
 from nova.domain.accounts import Principal
+from nova.errors import RateLimited
 
 if TYPE_CHECKING:
     from nova.app import Services
@@ -27,7 +29,10 @@ async def principal(
     who = await services(request).accounts.authenticate(token)
     limiter = getattr(request.app.state, "user_limiter", None)
     if limiter is not None:
-        await limiter.check(f"user:{who.user_id}")
+        wait = await limiter.hit(f"user:{who.user_id}")
+        if wait is not None:
+            metrics.record_rate_limited("user")
+            raise RateLimited("too many requests for this user", retry_after=wait)
     return who
 
 
