@@ -26,7 +26,8 @@ class Account:
         return {"Authorization": f"Bearer {self.access}"}
 
 
-def problem(resp: httpx.Response, status: int, code: str, field: str | None = None) -> dict[str, Any]:
+def problem(resp: httpx.Response, status: int, code: str,
+            field: str | None = None) -> dict[str, Any]:
     """Assert ``resp`` is the RFC 9457 problem document of PROTOCOL.md with this status/code."""
     assert resp.status_code == status, (resp.status_code, resp.text)
     assert resp.headers["content-type"].startswith("application/problem+json"), resp.headers
