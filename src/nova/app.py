@@ -124,6 +124,7 @@ def build_services(settings: Settings) -> Services:
 def create_app(settings: Settings) -> FastAPI:
     from nova.gateway.endpoint import close_all, websocket_endpoint
     from nova.http import auth, conversations, errors, health, messages, users
+    from nova.http.limits import BodyLimit
 
     services = build_services(settings)
 
@@ -163,6 +164,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.services = services
     errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     for module in (health, auth, users, conversations, messages):
         app.include_router(module.router)
     app.router.routes.append(WebSocketRoute("/ws", websocket_endpoint))
