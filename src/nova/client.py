@@ -207,10 +207,8 @@ class Socket:
         except websockets.ConnectionClosed:
             pass
         finally:
-            rcvd = self.ws.close_rcvd
             if not self.closed.done():
-                self.closed.set_result((rcvd.code if rcvd else None,
-                                        rcvd.reason if rcvd else ""))
+                self.closed.set_result((self.ws.close_code, self.ws.close_reason or ""))
             for fut in self._acks.values():
                 if not fut.done():
                     fut.set_exception(ConnectionError("socket closed"))

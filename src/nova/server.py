@@ -59,6 +59,7 @@ def build_config(settings: Settings, tls_cert: str | None = None,
         http="httptools",
         ws="websockets-sansio",
         ws_max_size=settings.ws_max_frame_bytes,
+        ws_per_message_deflate=settings.ws_compression,
         ws_ping_interval=interval,
         ws_ping_timeout=2 * interval,
         proxy_headers=False,  # client IPs come from the trusted-proxy setting instead

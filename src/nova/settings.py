@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     event_retention_days: float = Field(default=30.0, gt=0)
     ws_max_sockets_per_user: int = Field(default=10, ge=1)
     ws_max_frame_bytes: int = Field(default=64 * 1024, ge=1024)
+    # permessage-deflate costs CPU per socket per frame (no sharing across recipients):
+    # off by default so fan-out stays cheap; turn on for bandwidth-starved clients.
+    ws_compression: bool = False
     ws_send_queue_size: int = Field(default=1000, ge=10)
     ws_frames_per_second: float = Field(default=50.0, gt=0)
     ws_frame_burst: int = Field(default=100, ge=1)

@@ -47,6 +47,9 @@ class Subscriber(Protocol):
     def send_frame(self, frame: str) -> bool:
         """Queue a text frame; False when the socket's bounded queue is full."""
 
+    async def put_frame(self, frame: str) -> bool:
+        """Queue a text frame, waiting for room (replay); False if the socket closed."""
+
     def kick(self, code: int, reason: str) -> None:
         """Close the socket soon with this close code."""
 
@@ -291,22 +294,22 @@ class Realtime:
             sub.send_frame(orjson.dumps({"type": "hello", **hello, "cursor": str(upto)})
                            .decode())
             conn.cursor = upto
-            self._go_live(conn)
+            await self._go_live(conn)
             return
         sub.send_frame(orjson.dumps({"type": "hello", **hello, "cursor": str(since)}).decode())
         floor = await self.store.retention_floor()
         if since < floor:
             sub.send_frame('{"type":"resync_required"}')
             conn.cursor = upto
-            self._go_live(conn)
+            await self._go_live(conn)
             return
         after = since
         replayed = 0
         while after < upto:
             batch = await self.store.events_for_user(sub.user_id, after, upto, REPLAY_BATCH)
             for ev in batch:
-                if not sub.send_frame(event_frame(ev.pos, ev.payload)):
-                    self._slow(conn)
+                if not await sub.put_frame(event_frame(ev.pos, ev.payload)):
+                    self._forget(conn)
                     return
             replayed += len(batch)
             if len(batch) < REPLAY_BATCH:
@@ -314,19 +317,22 @@ class Realtime:
             after = batch[-1].pos
         metrics.EVENTS_REPLAYED.inc(replayed)
         conn.cursor = max(since, upto)
-        self._go_live(conn)
+        await self._go_live(conn)
 
-    def _go_live(self, conn: _Conn) -> None:
-        if id(conn.sub) not in self._conn_of:
-            return  # detached or cut off meanwhile
-        for pos, frame in conn.pending:
+    async def _go_live(self, conn: _Conn) -> None:
+        # Drain what the dispatcher queued meanwhile, waiting for room in the socket's
+        # queue; the last check and ``live = True`` happen without an await in between.
+        while conn.pending:
+            if id(conn.sub) not in self._conn_of:
+                return  # detached or cut off meanwhile
+            pos, frame = conn.pending.pop(0)
             if pos > conn.cursor:
                 conn.cursor = pos
-                if not conn.sub.send_frame(frame):
-                    self._slow(conn)
+                if not await conn.sub.put_frame(frame):
+                    self._forget(conn)
                     return
-        conn.pending.clear()
-        conn.live = True
+        if id(conn.sub) in self._conn_of:
+            conn.live = True
 
     def detach(self, sub: Subscriber) -> None:
         conn = self._conn_of.get(id(sub))

@@ -47,6 +47,12 @@ class Connection:
             return False
         return True
 
+    async def put_frame(self, frame: str) -> bool:
+        if self.close_code is not None:
+            return False
+        await self.queue.put(frame)
+        return self.close_code is None
+
     def kick(self, code: int, reason: str) -> None:
         if self.close_code is not None:
             return
