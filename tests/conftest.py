@@ -225,3 +225,21 @@ def nova_process(tmp_path: Path) -> Iterator[Callable[..., NovaProcess]]:
     yield start
     for p in started:
         p.stop(sig=9 if p.proc and p.proc.poll() is None else 15, timeout=10)
+
+
+# --- resttests: a real SqlStore on SQLite in tmp_path (unit tests of the domain rules) ----
+
+@pytest.fixture
+async def sql_store(tmp_path: Path) -> AsyncIterator[Any]:
+    """A migrated ``SqlStore`` on a SQLite file in tmp_path, closed afterwards."""
+    from nova.storage.db import create_engine, run_migrations
+    from nova.storage.store import SqlStore
+
+    s = Settings(data_dir=tmp_path / "unit-data", jwt_secret=JWT_SECRET)
+    engine = create_engine(s)
+    await run_migrations(s, engine)
+    store = SqlStore(engine)
+    try:
+        yield store
+    finally:
+        await store.close()

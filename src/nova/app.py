@@ -142,6 +142,7 @@ def create_app(settings: Settings) -> FastAPI:
     from nova.gateway.endpoint import close_all, websocket_endpoint
     from nova.http import auth, calls, conversations, errors, health, messages, users
     from nova.http.edge import CSP_DOCS, add_edge_middleware
+    from nova.http.limits import BodyLimit
     from nova.http.middleware import ObservabilityMiddleware
 
     services = build_services(settings)
@@ -188,6 +189,7 @@ def create_app(settings: Settings) -> FastAPI:
         page.headers["Content-Security-Policy"] = CSP_DOCS
         return page
 
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     for module in (health, auth, users, conversations, messages, calls):
         app.include_router(module.router)
     app.router.routes.append(WebSocketRoute("/ws", websocket_endpoint))

@@ -154,7 +154,7 @@ class AccountService:
             principal = Principal(str(claims["sub"]), str(claims["sid"]))
             external = False
         except jwt.ExpiredSignatureError:
-            raise Unauthorized("access token expired", ErrorCode.TOKEN_EXPIRED) from None
+            raise Unauthorized("access token expired") from None
         except jwt.PyJWTError:
             if self._ext_key is None:
                 raise Unauthorized("access token is invalid") from None
@@ -180,7 +180,7 @@ class AccountService:
             claims = jwt.decode(token, self._ext_key, algorithms=self._ext_algs,
                                 options=options, **kwargs)
         except jwt.ExpiredSignatureError:
-            raise Unauthorized("access token expired", ErrorCode.TOKEN_EXPIRED) from None
+            raise Unauthorized("access token expired") from None
         except jwt.PyJWTError:
             raise Unauthorized("access token is invalid") from None
         sub = str(claims["sub"])

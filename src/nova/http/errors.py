@@ -73,8 +73,11 @@ async def _nova_error(_: Request, exc: Exception) -> Response:
 
 
 def _field_of(loc: tuple[Any, ...]) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or None
+    # loc starts with where the value came from ("body", "query", ...); a field may itself
+    # be called "body" (a message's text), so only the first element is the location.
+    if loc and loc[0] in ("body", "query", "path", "header", "cookie"):
+        loc = loc[1:]
+    return ".".join(str(p) for p in loc) or None
 
 
 async def _validation_error(_: Request, exc: Exception) -> Response:
