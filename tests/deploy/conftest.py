@@ -22,6 +22,7 @@ EMBEDDED = {
     ("grafana-dashboards", "nova.json"): DEPLOY / "config/grafana/dashboards/nova.json",
 }
 REQUIRED_COMPONENTS = [DEPLOY / "components/ingress-tls", DEPLOY / "components/gateway-tls"]
+REQUIRED_FILES = [DEPLOY / "base/nova-networkpolicy.yaml"]
 STRONG = {
     "database_url": "postgresql://nova:Xk3r9vQpL2mZ8wYt7bN4@db.acme-corp.io:5432/nova",
     "redis_url": "redis://:Qw8eR7tY6uI5oP4aS3dFg@redis.acme-corp.io:6379/0",
@@ -46,6 +47,7 @@ def require_config_files() -> None:
     missing = [str(p.relative_to(REPO)) for p in EMBEDDED.values() if not p.is_file()]
     missing += [str(p.relative_to(REPO)) for p in REQUIRED_COMPONENTS
                 if not (p / "kustomization.yaml").is_file()]
+    missing += [str(p.relative_to(REPO)) for p in REQUIRED_FILES if not p.is_file()]
     if missing:
         pytest.fail("deploy kit incomplete, missing: " + ", ".join(missing))
 

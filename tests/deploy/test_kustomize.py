@@ -16,8 +16,8 @@ from .conftest import DEPLOY, EMBEDDED, REPO
 
 pytestmark = pytest.mark.deploy
 
-COMPONENTS = ["turn", "turn/hostnetwork", "ingress-tls", "gateway-tls", "monitoring", "grafana",
-              "monitoring-operator", "gitops", "gitops/migrate-hook"]
+COMPONENTS = ["turn", "turn,turn/hostnetwork", "ingress-tls", "gateway-tls", "monitoring",
+              "monitoring,grafana", "monitoring-operator", "gitops", "gitops/migrate-hook"]
 
 
 def _by(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
@@ -104,7 +104,8 @@ def test_component_builds_and_validates(scratch: Path, component: str) -> None:
     wrapper.mkdir()
     (wrapper / "kustomization.yaml").write_text(yaml.safe_dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": ["../base"], "components": [f"../components/{component}"],
+        "resources": ["../base"],
+        "components": [f"../components/{c}" for c in component.split(",")],
         "images": [{"name": "nova", "newName": "ghcr.io/acme/nova", "newTag": "1.0.0"}],
     }))
     docs = build_overlay(wrapper)
