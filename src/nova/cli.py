@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -139,6 +140,83 @@ def user_disable(ctx: _Ctx, username: str) -> None:
     except Exception as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"disabled {username}")
+
+# --- deploy kit (nova deploy init | check) ---------------------------------------------------
+
+@main.group()
+def deploy() -> None:
+    """Deploy-kit tools: write secrets for an overlay, preflight-check an overlay."""
+
+
+@deploy.command("init")
+@click.option("--overlay", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("deploy/overlays/production"), show_default=True)
+@click.option("--domain", help="Public DNS name of the service (production).")
+@click.option("--email", help="ACME (Let's Encrypt) account e-mail (production).")
+@click.option("--turn-external-ip", help="Public IP clients reach coturn on (production).")
+@click.option("--repo-url", help="Git URL Argo CD tracks (default: git remote origin).")
+@click.option("--revision", default="main", show_default=True, help="Branch Argo CD tracks.")
+@click.option("--database-url", help="postgresql://user:password@host:5432/db")
+@click.option("--redis-url", help="redis://:password@host:6379/0")
+@click.option("--slack-webhook-url", help="Alertmanager Slack webhook.")
+@click.option("--force", is_flag=True, help="Overwrite existing files (rotates every secret).")
+def deploy_init(overlay: Path, domain: str | None, email: str | None,
+                turn_external_ip: str | None, repo_url: str | None, revision: str,
+                database_url: str | None, redis_url: str | None,
+                slack_webhook_url: str | None, force: bool) -> None:
+    """Write the untracked params.env files and secrets/ an overlay reads.
+
+    Every secret is a fresh random value; what only you know (database and Redis URLs,
+    Slack webhook) becomes a CHANGEME placeholder that `nova deploy check` refuses.
+    """
+    from nova.deploy.params import InitError, init_overlay
+
+    if repo_url is None:
+        repo_url = _git_origin(overlay)
+    try:
+        result = init_overlay(overlay, domain=domain, email=email,
+                              turn_external_ip=turn_external_ip, repo_url=repo_url,
+                              revision=revision, database_url=database_url,
+                              redis_url=redis_url, slack_webhook_url=slack_webhook_url,
+                              force=force)
+    except InitError as exc:
+        raise click.ClickException(str(exc)) from None
+    for path in result.written:
+        click.echo(f"wrote {path}")
+    for what in result.placeholders:
+        click.echo(f"TODO: set the {what} in {overlay}/secrets/ before deploying", err=True)
+    click.echo(f"next: nova deploy check {overlay}")
+
+
+def _git_origin(where: Path) -> str | None:
+    import subprocess
+
+    try:
+        proc = subprocess.run(["git", "-C", str(where if where.is_dir() else "."), "remote",
+                               "get-url", "origin"], capture_output=True, text=True,
+                              timeout=10, check=False)
+    except OSError:
+        return None
+    return proc.stdout.strip() or None
+
+
+@deploy.command("check")
+@click.argument("overlay", type=click.Path(file_okay=False, path_type=Path),
+                default=Path("deploy/overlays/production"))
+@click.option("--kube-version", "kube_versions", multiple=True,
+              help="Validate against this Kubernetes version (repeatable; default 1.29, 1.31).")
+def deploy_check(overlay: Path, kube_versions: tuple[str, ...]) -> None:
+    """Build OVERLAY, validate every object offline and refuse placeholders, weak
+    secrets, missing limits, latest tags, privileged containers, unsafe TURN config."""
+    from nova.deploy.check import check_overlay
+    from nova.deploy.manifests import DEFAULT_KUBE_VERSIONS
+
+    problems = check_overlay(overlay, kube_versions=kube_versions or DEFAULT_KUBE_VERSIONS)
+    if problems:
+        for problem in problems:
+            click.echo(f"FAIL {problem}", err=True)
+        raise click.ClickException(f"{len(problems)} problem(s) in {overlay}")
+    click.echo(f"ok: {overlay} is ready to deploy")
 
 
 # --- TURN (calls/turn.py, calls/turncheck.py) ----------------------------------------------
