@@ -188,7 +188,7 @@ async def test_redis_restart_mid_stream_delivery_catches_up(
                 own_redis.start()  # same port: the subscribers reconnect
             await asyncio.sleep(0.01)
         deadline = time.monotonic() + 20
-        while len(got) < len(sent) and time.monotonic() < deadline:
+        while len(got) < len(sent) and time.monotonic() < deadline:  # noqa: ASYNC110 (bounded poll)
             await asyncio.sleep(0.1)
         stop.set()
         await reader
