@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -139,6 +140,183 @@ def user_disable(ctx: _Ctx, username: str) -> None:
     except Exception as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"disabled {username}")
+
+# --- deploy kit (nova deploy init | check) ---------------------------------------------------
+
+@main.group()
+def deploy() -> None:
+    """Deploy-kit tools: write secrets for an overlay, preflight-check an overlay."""
+
+
+@deploy.command("init")
+@click.option("--overlay", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("deploy/overlays/production"), show_default=True)
+@click.option("--domain", help="Public DNS name of the service (production).")
+@click.option("--email", help="ACME (Let's Encrypt) account e-mail (production).")
+@click.option("--turn-external-ip", help="Public IP clients reach coturn on (production).")
+@click.option("--repo-url", help="Git URL Argo CD tracks (default: git remote origin).")
+@click.option("--revision", default="main", show_default=True, help="Branch Argo CD tracks.")
+@click.option("--database-url", help="postgresql://user:password@host:5432/db")
+@click.option("--redis-url", help="redis://:password@host:6379/0")
+@click.option("--slack-webhook-url", help="Alertmanager Slack webhook.")
+@click.option("--force", is_flag=True, help="Overwrite existing files (rotates every secret).")
+def deploy_init(overlay: Path, domain: str | None, email: str | None,
+                turn_external_ip: str | None, repo_url: str | None, revision: str,
+                database_url: str | None, redis_url: str | None,
+                slack_webhook_url: str | None, force: bool) -> None:
+    """Write the untracked params.env files and secrets/ an overlay reads.
+
+    Every secret is a fresh random value; what only you know (database and Redis URLs,
+    Slack webhook) becomes a CHANGEME placeholder that `nova deploy check` refuses.
+    """
+    from nova.deploy.params import InitError, init_overlay
+
+    if repo_url is None:
+        repo_url = _git_origin(overlay)
+    try:
+        result = init_overlay(overlay, domain=domain, email=email,
+                              turn_external_ip=turn_external_ip, repo_url=repo_url,
+                              revision=revision, database_url=database_url,
+                              redis_url=redis_url, slack_webhook_url=slack_webhook_url,
+                              force=force)
+    except InitError as exc:
+        raise click.ClickException(str(exc)) from None
+    for path in result.written:
+        click.echo(f"wrote {path}")
+    for what in result.placeholders:
+        click.echo(f"TODO: set the {what} in {overlay}/secrets/ before deploying", err=True)
+    click.echo(f"next: nova deploy check {overlay}")
+
+
+def _git_origin(where: Path) -> str | None:
+    import subprocess
+
+    try:
+        proc = subprocess.run(["git", "-C", str(where if where.is_dir() else "."), "remote",
+                               "get-url", "origin"], capture_output=True, text=True,
+                              timeout=10, check=False)
+    except OSError:
+        return None
+    return proc.stdout.strip() or None
+
+
+@deploy.command("check")
+@click.argument("overlay", type=click.Path(file_okay=False, path_type=Path),
+                default=Path("deploy/overlays/production"))
+@click.option("--kube-version", "kube_versions", multiple=True,
+              help="Validate against this Kubernetes version (repeatable; default 1.29, 1.31).")
+def deploy_check(overlay: Path, kube_versions: tuple[str, ...]) -> None:
+    """Build OVERLAY, validate every object offline and refuse placeholders, weak
+    secrets, missing limits, latest tags, privileged containers, unsafe TURN config."""
+    from nova.deploy.check import check_overlay
+    from nova.deploy.manifests import DEFAULT_KUBE_VERSIONS
+
+    problems = check_overlay(overlay, kube_versions=kube_versions or DEFAULT_KUBE_VERSIONS)
+    if problems:
+        for problem in problems:
+            click.echo(f"FAIL {problem}", err=True)
+        raise click.ClickException(f"{len(problems)} problem(s) in {overlay}")
+    click.echo(f"ok: {overlay} is ready to deploy")
+
+
+# --- TURN (calls/turn.py, calls/turncheck.py) ----------------------------------------------
+
+@main.group()
+def turn() -> None:
+    """TURN server tools: mint credentials, check a coturn, compute denied peer ranges."""
+
+
+def _turn_secret(ctx: _Ctx) -> Settings:
+    settings = ctx.settings()
+    if not settings.turn_shared_secret:
+        raise click.ClickException(
+            "no TURN shared secret: set NOVA_TURN_SHARED_SECRET or NOVA_TURN_SHARED_SECRET_FILE "
+            "(the same value coturn gets as --static-auth-secret)")
+    return settings
+
+
+@turn.command("credentials")
+@click.option("--user", "user_id", required=True, help="User id the credentials are for.")
+@click.option("--ttl", type=click.IntRange(60, 86_400), default=None,
+              help="Lifetime in seconds (default NOVA_TURN_TTL_SECONDS).")
+@pass_ctx
+def turn_credentials(ctx: _Ctx, user_id: str, ttl: int | None) -> None:
+    """Print TURN REST API credentials for USER as JSON (as /api/v1/calls/ice-servers would)."""
+    from nova.calls.turn import mint_credentials
+
+    settings = _turn_secret(ctx)
+    try:
+        creds = mint_credentials(settings.turn_shared_secret, user_id,
+                                 ttl or settings.turn_ttl_seconds)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps({
+        "urls": list(settings.turn_urls),
+        "username": creds.username,
+        "credential": creds.credential,
+        "ttl_seconds": creds.ttl_seconds,
+        "expires_at": creds.expires_at,
+    }, indent=2))
+
+
+@turn.command("check")
+@click.argument("target", metavar="HOST[:PORT]")
+@click.option("--transport", type=click.Choice(["udp", "tcp", "tls"]), default="udp",
+              show_default=True, help="tls = turns: (default port 5349).")
+@click.option("--user", "user_id", default="nova-turn-check", show_default=True,
+              help="User id in the freshly minted credentials.")
+@click.option("--peer", "peers", multiple=True, metavar="IP",
+              help="CreatePermission to IP must be GRANTED (repeatable).")
+@click.option("--expect-denied", "denied", multiple=True, metavar="IP",
+              help="CreatePermission to IP must be REFUSED with 403, e.g. 169.254.169.254 "
+                   "(repeatable).")
+@click.option("--stun-only", is_flag=True, help="Only the STUN binding (no secret needed).")
+@click.option("--timeout", type=click.FloatRange(0.1, 60), default=5.0, show_default=True,
+              help="Seconds per STUN/TURN transaction.")
+@click.option("--insecure", is_flag=True, help="tls: do not verify the server certificate.")
+@pass_ctx
+def turn_check(ctx: _Ctx, target: str, transport: str, user_id: str, peers: tuple[str, ...],
+               denied: tuple[str, ...], stun_only: bool, timeout: float, insecure: bool) -> None:
+    """Check a STUN/TURN server: STUN binding, then a TURN allocation with fresh credentials.
+
+    Exit status 0 only if every step passed. The secret comes from NOVA_TURN_SHARED_SECRET(_FILE).
+    """
+    import ipaddress
+
+    from nova.calls.turn import mint_credentials
+    from nova.calls.turncheck import check_turn_server, parse_host_port
+
+    try:
+        host, port = parse_host_port(target, 5349 if transport == "tls" else 3478)
+        for ip in (*peers, *denied):
+            ipaddress.ip_address(ip)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    username = password = None
+    if not stun_only:
+        settings = _turn_secret(ctx)
+        creds = mint_credentials(settings.turn_shared_secret, user_id, 600)
+        username, password = creds.username, creds.credential
+    report = asyncio.run(check_turn_server(
+        host, port, transport=transport,  # type: ignore[arg-type]
+        username=username, password=password, peers=peers, denied_peers=denied,
+        step_timeout=timeout, tls_verify=not insecure))
+    click.echo(report.table())
+    if not report.ok:
+        sys.exit(1)
+
+
+@turn.command("peer-range")
+@click.argument("cidrs", nargs=-1, required=True, metavar="CIDR...")
+def turn_peer_range(cidrs: tuple[str, ...]) -> None:
+    """Print coturn --denied-peer-ip=START-END arguments for the cluster's pod/service CIDRs."""
+    from nova.calls.turn import coturn_peer_range
+
+    for cidr in cidrs:
+        try:
+            click.echo(f"--denied-peer-ip={coturn_peer_range(cidr)}")
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
 
 
 def run() -> None:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 SECRET_FIELDS = ("jwt_secret", "turn_shared_secret", "external_jwt_secret")
 
@@ -73,6 +72,9 @@ class Settings(BaseSettings):
     event_retention_days: float = Field(default=30.0, gt=0)
     ws_max_sockets_per_user: int = Field(default=10, ge=1)
     ws_max_frame_bytes: int = Field(default=64 * 1024, ge=1024)
+    # permessage-deflate costs CPU per socket per frame (no sharing across recipients):
+    # off by default so fan-out stays cheap; turn on for bandwidth-starved clients.
+    ws_compression: bool = False
     ws_send_queue_size: int = Field(default=1000, ge=10)
     ws_frames_per_second: float = Field(default=50.0, gt=0)
     ws_frame_burst: int = Field(default=100, ge=1)
@@ -99,9 +101,23 @@ class Settings(BaseSettings):
     rate_limit_user_per_second: float = Field(default=10.0, gt=0)
     rate_limit_user_burst: int = Field(default=50, ge=1)
     max_connections_per_ip: int = Field(default=100, ge=1)
+    # Strict-Transport-Security max-age sent on responses that came over TLS; 0: no HSTS.
+    hsts_max_age_seconds: int = Field(default=31_536_000, ge=0)
 
     _split = field_validator("turn_urls", "stun_urls", "cors_origins", "trusted_proxies",
                              mode="before")(_split_csv)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or CIDR: {item!r}") from None
+        return value
 
     @model_validator(mode="after")
     def _secrets_from_files(self) -> Settings:

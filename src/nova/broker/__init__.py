@@ -1,0 +1,1 @@
+"""Brokers: the doorbell and the ephemeral channel between replicas (memory or Redis)."""

@@ -1,0 +1,1 @@
+"""Calls: signaling state and TURN REST credentials. No web framework, database or broker here."""

@@ -1,0 +1,137 @@
+"""``nova deploy init``: write the untracked parameter and secret files an overlay reads.
+
+Every secret Nova can make up is a fresh ``secrets.token_urlsafe`` value (JWT key, TURN
+shared secret, Grafana admin password). Values only the operator knows (database and Redis
+URLs, the Slack webhook) are written as ``CHANGEME`` placeholders unless given, and
+``nova deploy check`` refuses them, so a forgotten one cannot reach a cluster.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PLACEHOLDER = "CHANGEME"
+SECRETS_DIR = "secrets"
+PARAMS_FILE = "params.env"
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class InitError(ValueError):
+    """An argument of ``nova deploy init`` is invalid, or files exist without --force."""
+
+
+@dataclass
+class InitResult:
+    written: list[Path] = field(default_factory=list)
+    placeholders: list[str] = field(default_factory=list)
+
+
+def _token() -> str:
+    return secrets.token_urlsafe(48)
+
+
+def is_split(overlay: Path) -> bool:
+    """True for the production layout: one sub-overlay per Argo CD Application."""
+    return (overlay / "messaging" / "kustomization.yaml").is_file()
+
+
+def _env(values: dict[str, str]) -> str:
+    for key, value in values.items():
+        if "\n" in value:
+            raise InitError(f"{key}: a value cannot contain a newline")
+    return "".join(f"{k}={v}\n" for k, v in values.items())
+
+
+def _secret_generator(name: str, namespace: str, env_file: str) -> str:
+    return (f"  - name: {name}\n    namespace: {namespace}\n    type: Opaque\n"
+            f"    envs:\n      - {env_file}\n")
+
+
+def init_overlay(overlay: Path, *, domain: str | None = None, email: str | None = None,
+                 turn_external_ip: str | None = None, repo_url: str | None = None,
+                 revision: str = "main", database_url: str | None = None,
+                 redis_url: str | None = None, slack_webhook_url: str | None = None,
+                 force: bool = False) -> InitResult:
+    """Write ``params.env`` files and ``secrets/`` for ``overlay``; return what was written."""
+    overlay = overlay.resolve()
+    if not (overlay / "kustomization.yaml").is_file():
+        raise InitError(f"{overlay} is not a Kustomize overlay (no kustomization.yaml)")
+    split = is_split(overlay)
+    files: dict[Path, str] = {}
+    result = InitResult()
+    turn_secret = _token()
+    nova_secrets = {"jwt-secret": _token(), "turn-shared-secret": turn_secret}
+    secret_gens = ""
+    if split:
+        if not domain or not _DOMAIN.match(domain.lower()):
+            raise InitError(f"--domain: a DNS name is required (got {domain!r})")
+        if not email or not _EMAIL.match(email):
+            raise InitError(f"--email: an e-mail address is required (got {email!r})")
+        try:
+            ip = ipaddress.ip_address(turn_external_ip or "")
+        except ValueError:
+            raise InitError(f"--turn-external-ip: an IP address is required "
+                            f"(got {turn_external_ip!r})") from None
+        if not repo_url:
+            raise InitError("--repo-url: the git URL Argo CD tracks is required")
+        host = f"[{ip}]" if ip.version == 6 else str(ip)
+        files[overlay / PARAMS_FILE] = _env({"REPO_URL": repo_url, "REVISION": revision})
+        files[overlay / "messaging" / PARAMS_FILE] = _env({
+            "DOMAIN": domain.lower(),
+            "ACME_EMAIL": email,
+            "NOVA_CORS_ORIGINS": f"https://{domain.lower()}",
+            "NOVA_TURN_URLS": f"turn:{host}:3478?transport=udp,turn:{host}:3478?transport=tcp",
+            "NOVA_STUN_URLS": f"stun:{host}:3478",
+        })
+        db = database_url or f"postgresql://nova:{PLACEHOLDER}@postgres.invalid:5432/nova"
+        redis = redis_url or f"redis://:{PLACEHOLDER}@redis.invalid:6379/0"
+        for given, what in ((database_url, "database URL (--database-url)"),
+                            (redis_url, "Redis URL (--redis-url)"),
+                            (slack_webhook_url, "Slack webhook (--slack-webhook-url)")):
+            if not given:
+                result.placeholders.append(what)
+        nova_secrets |= {"database-url": db, "redis-url": redis}
+        files[overlay / SECRETS_DIR / "coturn-secrets.env"] = _env({
+            "static-auth-secret": turn_secret, "realm": domain.lower(), "external-ip": str(ip),
+        })
+        files[overlay / SECRETS_DIR / "alertmanager-secrets.env"] = _env({
+            "slack-webhook-url": slack_webhook_url or f"https://hooks.slack.invalid/{PLACEHOLDER}",
+            "smtp-password": _token(),
+        })
+        files[overlay / SECRETS_DIR / "grafana-admin.env"] = _env({"admin-password": _token()})
+        secret_gens += _secret_generator("coturn-secrets", "nova-turn", "coturn-secrets.env")
+        secret_gens += _secret_generator("alertmanager-secrets", "nova-monitoring",
+                                         "alertmanager-secrets.env")
+        secret_gens += _secret_generator("grafana-admin", "nova-monitoring", "grafana-admin.env")
+    files[overlay / SECRETS_DIR / "nova-secrets.env"] = _env(nova_secrets)
+    secret_gens = _secret_generator("nova-secrets", "nova-messaging",
+                                    "nova-secrets.env") + secret_gens
+    namespaces = ["nova-messaging"] + (["nova-turn", "nova-monitoring"] if split else [])
+    files[overlay / SECRETS_DIR / "namespaces.yaml"] = "---\n".join(
+        f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n" for ns in namespaces)
+    files[overlay / SECRETS_DIR / "kustomization.yaml"] = (
+        "# Written by `nova deploy init`: NEVER commit this folder (.gitignore covers it).\n"
+        "# Apply once, before the overlay: kubectl apply -k <this folder>\n"
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        "resources:\n  - namespaces.yaml\n"
+        "generatorOptions:\n  disableNameSuffixHash: true\n"
+        "secretGenerator:\n" + secret_gens)
+    existing = [p for p in files if p.exists()]
+    if existing and not force:
+        raise InitError("refusing to overwrite (use --force to rotate every secret): "
+                        + ", ".join(str(p) for p in existing))
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent.name == SECRETS_DIR:
+            path.parent.chmod(0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        result.written.append(path)
+    return result

@@ -1,0 +1,1 @@
+"""Use cases: accounts, conversations, messages, realtime events, presence, calls."""
