@@ -40,8 +40,10 @@ class HandshakeError(ConnectionError):
 class WsProtocol(asyncio.Protocol):
     """One client WebSocket: ``on_text(payload)`` per text message, ``on_close()`` once."""
 
-    def __init__(self, on_text: Callable[[bytes], None], on_close: Callable[[], None]) -> None:
+    def __init__(self, on_text: Callable[[bytes], None], on_close: Callable[[], None],
+                 on_connect: Callable[[WsProtocol], None] | None = None) -> None:
         self.on_text = on_text
+        self.on_connect = on_connect
         self.on_close = on_close
         self.buf = bytearray()
         self.fragments: list[bytes] = []
@@ -58,6 +60,8 @@ class WsProtocol(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.on_connect is not None:  # frames may arrive with the 101: let on_text reply
+            self.on_connect(self)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -154,7 +158,8 @@ class WsProtocol(asyncio.Protocol):
 
 
 async def open_ws(url: str, on_text: Callable[[bytes], None], on_close: Callable[[], None],
-                  open_timeout: float = 60.0) -> WsProtocol:
+                  open_timeout: float = 60.0,
+                  on_connect: Callable[[WsProtocol], None] | None = None) -> WsProtocol:
     """Connect to ``ws://host:port/path?query`` and complete the upgrade."""
     parts = urlsplit(url)
     if parts.scheme != "ws":
@@ -163,7 +168,8 @@ async def open_ws(url: str, on_text: Callable[[bytes], None], on_close: Callable
     path = parts.path + ("?" + parts.query if parts.query else "")
     loop = asyncio.get_running_loop()
     transport, proto = await asyncio.wait_for(
-        loop.create_connection(lambda: WsProtocol(on_text, on_close), host, port), open_timeout)
+        loop.create_connection(lambda: WsProtocol(on_text, on_close, on_connect), host, port),
+        open_timeout)
     key = base64.b64encode(os.urandom(16)).decode()
     transport.write((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
                      f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
