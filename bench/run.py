@@ -121,6 +121,11 @@ def psql(sql: str) -> None:
                    check=True, capture_output=True, timeout=60)
 
 
+# Nova accepts tokens minted by an external auth service and provisions the account on first
+# sight; the load generator mints them with this secret (BENCH_EXTERNAL_JWT_SECRET).
+EXTERNAL_JWT_SECRET = secrets.token_hex(32)
+
+
 def nova_env(data_dir: Path, secret: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOVA_")}
     env.update({
@@ -129,7 +134,7 @@ def nova_env(data_dir: Path, secret: str, **extra: str) -> dict[str, str]:
         "NOVA_ACCESS_TOKEN_TTL_SECONDS": "86400",
         # Benchmarks open many sockets per account and per address (loopback).
         "NOVA_WS_MAX_SOCKETS_PER_USER": "100000", "NOVA_MAX_CONNECTIONS_PER_IP": "1000000",
-        "NOVA_MAX_GROUP_MEMBERS": "10000",
+        "NOVA_MAX_GROUP_MEMBERS": "10000", "NOVA_EXTERNAL_JWT_SECRET": EXTERNAL_JWT_SECRET,
     })
     env.update(extra)
     return env
@@ -203,8 +208,9 @@ def run_one(target: str, scenario: str, mode: str, run_id: str, out: Path,
             argv.append(f"--{mode}")
         for key, value in overrides:
             argv += ["--set", key, value]
+        env = {**os.environ, "BENCH_EXTERNAL_JWT_SECRET": EXTERNAL_JWT_SECRET}
         proc = subprocess.run(pinned(loadgen_cpus, argv), cwd=ROOT, capture_output=True,
-                              timeout=timeout, text=True)
+                              timeout=timeout, text=True, env=env)
         if proc.returncode != 0:
             logs = "\n".join(tail(log, 20) for log in server.logs)
             raise RuntimeError(f"load generator failed ({proc.returncode}):\n"
