@@ -47,6 +47,15 @@ Run: `python -m bench.run --all --quick` (about a minute per scenario), or one s
   the Python ceiling; (b) `ws_sqlite`, the same with durable SQLite inserts before the
   broadcast, batched commits (WAL, synchronous=NORMAL; `baseline-sqlite-each` commits
   every message); (c) `socketio_room`, python-socketio room broadcast on aiohttp.
+- Nova runs with `NOVA_RATE_LIMITS=off`; its accounts come from externally minted JWTs
+  (`NOVA_EXTERNAL_JWT_SECRET`, provisioned on first use) so that setup costs no argon2 hash
+  per account; conversations are created over REST before the clock starts.
+- `--quick` shrinks the defaults (50 x 10 sockets instead of 100 x 10, 2,000 idle sockets
+  instead of 10,000, 500 resumers instead of 2,000, 8 s windows); `--set PARAM VALUE`
+  overrides any parameter (`bench/loadgen.py` `Params`).
+- Every result records the 1-minute load average before and after: on a shared machine,
+  other work on the same cores depresses every figure (server CPU % well under 100 while
+  saturated is the sign), so compare ratios from one run, not absolutes across runs.
 - Speed is never asserted by tests; targets below are reported, not enforced.
 
 """
@@ -248,7 +257,15 @@ def header(best: dict[tuple[str, str], dict[str, Any]]) -> str:
             f"runs: {', '.join(runs) or '-'}).\n\n"
             f"Machine: {machine['cores']} cores, {machine['cpu_model']}, Linux "
             f"{machine.get('kernel', '?')}.\n\n"
+            f"Load average (1 min) seen by the load generator: {load_range(recs)}.\n\n"
             "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) + ".\n")
+
+
+def load_range(recs: list[dict[str, Any]]) -> str:
+    loads = [v for r in recs for v in (r.get("loadavg_1m") or {}).values()]
+    if not loads:
+        return "not recorded"
+    return f"{min(loads):.2f} to {max(loads):.2f} on {recs[-1]['machine']['cores']} cores"
 
 
 def plots(best: dict[tuple[str, str], dict[str, Any]], img: Path) -> list[Path]:
