@@ -219,6 +219,18 @@ def deploy_check(overlay: Path, kube_versions: tuple[str, ...]) -> None:
     click.echo(f"ok: {overlay} is ready to deploy")
 
 
+@deploy.command("gen-prometheusrule")
+@click.argument("deploy_dir", type=click.Path(file_okay=False, path_type=Path),
+                default=Path("deploy"))
+def deploy_gen_prometheusrule(deploy_dir: Path) -> None:
+    """Regenerate components/monitoring-operator/nova-prometheusrule.yaml from the rules."""
+    from nova.deploy.site import PROMETHEUS_RULE_FILE, render_prometheus_rule
+
+    out = deploy_dir / PROMETHEUS_RULE_FILE
+    out.write_text(render_prometheus_rule(deploy_dir))
+    click.echo(f"wrote {out}")
+
+
 # --- TURN (calls/turn.py, calls/turncheck.py) ----------------------------------------------
 
 @main.group()
