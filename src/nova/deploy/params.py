@@ -2,8 +2,14 @@
 
 Every secret Nova can make up is a fresh ``secrets.token_urlsafe`` value (JWT key, TURN
 shared secret, Grafana admin password). Values only the operator knows (database and Redis
-URLs, the Slack webhook) are written as ``CHANGEME`` placeholders unless given, and
-``nova deploy check`` refuses them, so a forgotten one cannot reach a cluster.
+URLs, Slack webhook, SMTP relay and password, on-call address) are written as ``CHANGEME`` /
+``.invalid`` placeholders unless given, and ``nova deploy check`` refuses them, so a forgotten
+one cannot reach a cluster.
+
+Production writes: ``params.env`` (Argo CD repository), ``messaging/params.env`` (domain,
+ACME e-mail, CORS origins, TURN/STUN URLs, GatewayClass), ``turn/params.env`` (the cluster's
+pod and service ranges as coturn ``start-end`` ranges), ``monitoring/site/`` (site copies of
+alertmanager.yml and nova.rules.yml, see ``site.py``) and ``secrets/``.
 """
 
 from __future__ import annotations
