@@ -159,11 +159,28 @@ def deploy() -> None:
 @click.option("--database-url", help="postgresql://user:password@host:5432/db")
 @click.option("--redis-url", help="redis://:password@host:6379/0")
 @click.option("--slack-webhook-url", help="Alertmanager Slack webhook.")
+@click.option("--cors-origin", "cors_origins",
+              help="Browser origins allowed by CORS, comma-separated (default https://DOMAIN).")
+@click.option("--gateway-class", default="eg", show_default=True,
+              help="GatewayClass of your controller (used only with components/gateway-tls).")
+@click.option("--pod-cidr", default="10.244.0.0/16", show_default=True,
+              help="The cluster's pod range: coturn denies it as a relay peer.")
+@click.option("--service-cidr", default="10.96.0.0/12", show_default=True,
+              help="The cluster's service range: coturn denies it as a relay peer.")
+@click.option("--alert-email", help="On-call address for critical alerts.")
+@click.option("--smtp-host", help="SMTP relay host:port Alertmanager sends through.")
+@click.option("--smtp-from", help="Sender and SMTP user (default nova-alerts@DOMAIN).")
+@click.option("--smtp-password", help="SMTP password (stored in secrets/ only).")
+@click.option("--runbook-url", help="Web URL of docs/operations/runbooks.md in your "
+              "repository (default: derived from --repo-url for GitHub/GitLab).")
 @click.option("--force", is_flag=True, help="Overwrite existing files (rotates every secret).")
 def deploy_init(overlay: Path, domain: str | None, email: str | None,
                 turn_external_ip: str | None, repo_url: str | None, revision: str,
                 database_url: str | None, redis_url: str | None,
-                slack_webhook_url: str | None, force: bool) -> None:
+                slack_webhook_url: str | None, cors_origins: str | None, gateway_class: str,
+                pod_cidr: str, service_cidr: str, alert_email: str | None,
+                smtp_host: str | None, smtp_from: str | None, smtp_password: str | None,
+                runbook_url: str | None, force: bool) -> None:
     """Write the untracked params.env files and secrets/ an overlay reads.
 
     Every secret is a fresh random value; what only you know (database and Redis URLs,
@@ -178,13 +195,17 @@ def deploy_init(overlay: Path, domain: str | None, email: str | None,
                               turn_external_ip=turn_external_ip, repo_url=repo_url,
                               revision=revision, database_url=database_url,
                               redis_url=redis_url, slack_webhook_url=slack_webhook_url,
-                              force=force)
+                              cors_origins=cors_origins, gateway_class=gateway_class,
+                              pod_cidr=pod_cidr, service_cidr=service_cidr,
+                              alert_email_to=alert_email, smtp_smarthost=smtp_host,
+                              smtp_from=smtp_from, smtp_password=smtp_password,
+                              runbook_url=runbook_url, force=force)
     except InitError as exc:
         raise click.ClickException(str(exc)) from None
     for path in result.written:
         click.echo(f"wrote {path}")
     for what in result.placeholders:
-        click.echo(f"TODO: set the {what} in {overlay}/secrets/ before deploying", err=True)
+        click.echo(f"TODO: give the {what} (re-run with --force) before deploying", err=True)
     click.echo(f"next: nova deploy check {overlay}")
 
 
@@ -217,6 +238,18 @@ def deploy_check(overlay: Path, kube_versions: tuple[str, ...]) -> None:
             click.echo(f"FAIL {problem}", err=True)
         raise click.ClickException(f"{len(problems)} problem(s) in {overlay}")
     click.echo(f"ok: {overlay} is ready to deploy")
+
+
+@deploy.command("gen-prometheusrule")
+@click.argument("deploy_dir", type=click.Path(file_okay=False, path_type=Path),
+                default=Path("deploy"))
+def deploy_gen_prometheusrule(deploy_dir: Path) -> None:
+    """Regenerate components/monitoring-operator/nova-prometheusrule.yaml from the rules."""
+    from nova.deploy.site import PROMETHEUS_RULE_FILE, render_prometheus_rule
+
+    out = deploy_dir / PROMETHEUS_RULE_FILE
+    out.write_text(render_prometheus_rule(deploy_dir))
+    click.echo(f"wrote {out}")
 
 
 # --- TURN (calls/turn.py, calls/turncheck.py) ----------------------------------------------
