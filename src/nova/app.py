@@ -139,7 +139,7 @@ def build_services(settings: Settings) -> Services:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    from nova.gateway.endpoint import close_all, websocket_endpoint
+    from nova.gateway.endpoint import RawSendMiddleware, close_all, websocket_endpoint
     from nova.http import auth, calls, conversations, errors, health, messages, users
     from nova.http.edge import CSP_DOCS, add_edge_middleware
     from nova.http.limits import BodyLimit
@@ -197,4 +197,5 @@ def create_app(settings: Settings) -> FastAPI:
     # limit; then, outermost, request id + http metrics + access log (counts 429s too).
     add_edge_middleware(app, settings, services.limiters.ip)
     app.add_middleware(ObservabilityMiddleware)
+    app.add_middleware(RawSendMiddleware)  # outermost; only stashes the server's send
     return app

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from datetime import UTC, datetime
 from typing import NewType
 
 UserId = NewType("UserId", str)
@@ -22,9 +21,19 @@ def new_id() -> str:
     return f"{now_ms():012x}{secrets.token_hex(10)}"
 
 
+# (second, "YYYY-MM-DDTHH:MM:SS.") of the last call, swapped as one tuple so that threads
+# (the SQLite writer formats timestamps too) never see a half-updated cache.
+_last_second: tuple[int, str] = (-1, "")
+
+
 def iso(ms: int | None) -> str | None:
     """RFC 3339 UTC with milliseconds: ``2026-11-26T03:19:19.123Z``."""
+    global _last_second
     if ms is None:
         return None
-    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    second, millis = divmod(ms, 1000)
+    cached = _last_second
+    if cached[0] != second:  # hot path: many timestamps share their second
+        cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second)))
+        _last_second = cached
+    return f"{cached[1]}{millis:03d}Z"

@@ -26,11 +26,26 @@ if TYPE_CHECKING:
 log = logging.getLogger("nova.gateway")
 
 
+class RawSendMiddleware:
+    """Outermost: keeps the server's own ``send`` in the scope of a WebSocket, so that event
+    frames (the hot path of fan-out) skip the per-message wrappers of every middleware. The
+    handshake and the close still go through the whole stack."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            scope["nova.raw_send"] = send
+        await self.app(scope, receive, send)
+
+
 class Connection:
     """A socket as the realtime service sees it (``nova.domain.realtime.Subscriber``)."""
 
     def __init__(self, ws: WebSocket, user_id: str, queue_size: int) -> None:
         self.ws = ws
+        self._raw_send = ws.scope.get("nova.raw_send")
         self.user_id = user_id
         self.queue: asyncio.Queue[str | None] = asyncio.Queue(queue_size)
         self.close_code: int | None = None
@@ -71,11 +86,15 @@ class Connection:
 
     async def writer(self, drain_seconds: float) -> None:
         try:
+            send = self._raw_send
             while True:
                 frame = await self.queue.get()
                 if frame is None:
                     break
-                await self.ws.send_text(frame)
+                if send is not None:
+                    await send({"type": "websocket.send", "text": frame})
+                else:
+                    await self.ws.send_text(frame)
             # Closing: let an in-flight request finish so its ack goes out first.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.idle.wait(), drain_seconds)
