@@ -38,7 +38,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from test_coturn import Coturn, start_coturn
 from test_nginx_edge import TEMPLATE, render_template
 from test_prometheus_live import Daemon, _alertmanager_config, ms
@@ -93,7 +93,7 @@ class LocalCA:
                 .not_valid_after(now + datetime.timedelta(days=not_after_days))
                 .add_extension(x509.SubjectAlternativeName([
                     x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-                .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]),
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
                                critical=False)
                 .sign(self.key, hashes.SHA256()))
         cert_path = self.directory / f"{label}.crt"
@@ -312,12 +312,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fake_argocd: FakeArgoCD) -> 
     good = ca.leaf("good", not_before_days=-1, not_after_days=90)
     token_file = work / "argocd-token"
     token_file.write_text(ARGOCD_TOKEN + "\n")
-    stop: list[Callable[[], None]] = []
+    stop: list[Callable[[], object]] = []
     try:
         coturn = start_coturn(work / "coturn")
         stop.append(coturn.stop)
         nova = _start_nova(work, coturn)
-        stop.append(lambda: nova.stop())
+        stop.append(nova.stop)
         nginx = Nginx(work / "nginx", f"127.0.0.1:{nova.port}")
         nginx.configure(*good)
         stop.append(nginx.stop)

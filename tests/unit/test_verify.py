@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -95,7 +96,7 @@ def test_verify_turn_target_from_ice_server_urls() -> None:
                              "turn:turn.example.com?transport=udp"]) == ("turn.example.com", 3478)
     assert target_from_urls(["turn:[2001:db8::1]:3479"]) == ("2001:db8::1", 3479)
     assert target_from_urls(["turn:turn.example.com:3478?transport=tcp"]) is None
-    body = {"ice_servers": [{"urls": ["stun:s.example.com"]},
+    body: dict[str, Any] = {"ice_servers": [{"urls": ["stun:s.example.com"]},
                             {"urls": ["turn:t.example.com"], "username": "1:u",
                              "credential": "c"}], "ttl_seconds": 600}
     assert turn_entry(body) == body["ice_servers"][1]
