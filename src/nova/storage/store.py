@@ -35,6 +35,7 @@ from nova.domain.models import (
     User,
 )
 from nova.errors import Conflict, ErrorCode, Forbidden, InvalidInput, NotFound, Unavailable
+from nova.storage.sqlite_batch import SqliteMessageWriter
 from nova.storage.tables import (
     calls,
     conversations,
@@ -96,6 +97,10 @@ class SqlStore:
         self.engine = engine
         self.dialect = engine.dialect.name
         self._sqlite_writer = asyncio.Lock() if self.dialect == "sqlite" else None
+        self._batcher: SqliteMessageWriter | None = None
+        path = engine.url.database
+        if self._sqlite_writer is not None and path and path != ":memory:":
+            self._batcher = SqliteMessageWriter(path, self._sqlite_writer)
 
     # --- plumbing ------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -134,6 +139,8 @@ class SqlStore:
             await conn.execute(text("SELECT 1"))
 
     async def close(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.close()
         await self.engine.dispose()
 
     async def _append(self, conn: AsyncConnection, new: Sequence[NewEvent],
@@ -530,6 +537,9 @@ class SqlStore:
                            client_msg_id: str, reply_to: str | None) -> tuple[Message, bool]:
         """Store a message with the next ``seq``; ``(message, created)``. The same
         ``client_msg_id`` from the same sender returns the stored message, never a copy."""
+        if self._batcher is not None:  # SQLite: group commit on the writer thread
+            return await self._batcher.send(conversation_id, sender_id, kind, body,
+                                            client_msg_id, reply_to)
         existing = await self.find_message_by_client_id(sender_id, client_msg_id)
         if existing is not None:
             return self._same_message(existing, conversation_id), False
