@@ -32,11 +32,22 @@ class VerifyOptions:
 
 
 def _verify_arg(options: VerifyOptions) -> bool | ssl.SSLContext:
+    """Nova's URL: the system CAs, or ONLY the given CA (a private CA must be the issuer)."""
     if options.insecure:
         return False
     if options.ca_file:
         return ssl.create_default_context(cafile=options.ca_file)
     return True
+
+
+def _tools_verify_arg(options: VerifyOptions) -> bool | ssl.SSLContext:
+    """Prometheus, Alertmanager, Argo CD: the system CAs plus the given CA, if any."""
+    if options.insecure:
+        return False
+    ctx = ssl.create_default_context()
+    if options.ca_file:
+        ctx.load_verify_locations(cafile=options.ca_file)
+    return ctx
 
 
 async def verify(options: VerifyOptions) -> Report:
@@ -45,6 +56,7 @@ async def verify(options: VerifyOptions) -> Report:
     report = Report(url)
     add = report.results.append
     tls = _verify_arg(options)
+    tools_tls = _tools_verify_arg(options)
 
     # --- HTTPS ------------------------------------------------------------------------------
     add(await asyncio.to_thread(https.check_certificate, host, port, ca_file=options.ca_file,
@@ -76,7 +88,7 @@ async def verify(options: VerifyOptions) -> Report:
     # --- monitoring ---------------------------------------------------------------------------
     if options.prometheus:
         async with httpx.AsyncClient(base_url=options.prometheus.rstrip("/"),
-                                     timeout=options.timeout, verify=tls) as prom:
+                                     timeout=options.timeout, verify=tools_tls) as prom:
             add(await prometheus.check_targets(prom, options.nova_job))
             add(await prometheus.check_metrics(prom, options.nova_job))
             add(await prometheus.check_rules(prom))
@@ -85,7 +97,7 @@ async def verify(options: VerifyOptions) -> Report:
             add(skipped(name, "no --prometheus URL given"))
     if options.alertmanager:
         async with httpx.AsyncClient(base_url=options.alertmanager.rstrip("/"),
-                                     timeout=options.timeout, verify=tls) as am:
+                                     timeout=options.timeout, verify=tools_tls) as am:
             report.results.extend(await prometheus.check_alertmanager(am))
     else:
         for name in ("alertmanager.health", "alertmanager.receivers"):
@@ -96,7 +108,7 @@ async def verify(options: VerifyOptions) -> Report:
         headers = {"Authorization": f"Bearer {options.argocd_token}"} \
             if options.argocd_token else {}
         async with httpx.AsyncClient(base_url=options.argocd.rstrip("/"), headers=headers,
-                                     timeout=options.timeout, verify=tls) as argo:
+                                     timeout=options.timeout, verify=tools_tls) as argo:
             report.results.extend(await argocd.check_applications(argo))
     else:
         for app in argocd.APPLICATIONS:
