@@ -10,7 +10,7 @@ import httpx
 from nova.verify.result import Result, failed, passed, warned
 
 # PRODUCT.md's observability contract and the domain counters of nova/metrics.py, as series
-# names (histograms by their _bucket). tests/unit/test_verify.py checks every one is exported.
+# names (histograms by their _bucket); tests/unit/test_verify_checks.py keeps them exported.
 REQUIRED_SERIES: tuple[str, ...] = (
     "http_requests_total",
     "http_request_duration_seconds_bucket",
