@@ -21,7 +21,6 @@ import ipaddress
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -40,13 +39,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from test_coturn import Coturn, start_coturn
-from test_nginx_edge import TEMPLATE, render_template
 from test_prometheus_live import Daemon, _alertmanager_config, ms
 
 from nova.verify import argocd, prometheus
 from nova.verify.https import check_certificate
 from nova.verify.result import Status
-from tests.conftest import NovaProcess, free_port, missing
+from tests.conftest import NovaProcess, free_port
+from tests.nginx_support import Nginx
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -104,63 +103,6 @@ class LocalCA:
                                                serialization.NoEncryption()))
         os.chmod(key_path, 0o644)  # nginx workers run as nobody when started by root
         return cert_path, key_path
-
-
-# --- nginx on the shipped template ------------------------------------------------------
-
-class Nginx:
-    def __init__(self, work: Path, upstream: str) -> None:
-        binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
-                                           else None)
-        if binary is None:
-            missing("nginx is not installed (scripts/apt-packages.txt: nginx=nginx)")
-        self.work = work
-        for sub in ("conf", "logs", "tmp"):
-            (work / sub).mkdir(parents=True, exist_ok=True)
-            os.chmod(work / sub, 0o755)
-        os.chmod(work, 0o755)
-        self.upstream = upstream
-        self.https_port, self.http_port = free_port(), free_port()
-        self.args = [str(binary), "-p", str(work), "-c", "conf/nginx.conf",
-                     "-e", "logs/error.log"]
-        self.running = False
-
-    def configure(self, cert: Path, key: Path) -> None:
-        values = {"NOVA_SERVER_NAME": "127.0.0.1", "NOVA_UPSTREAM": self.upstream,
-                  "NOVA_TLS_CERT": str(cert), "NOVA_TLS_KEY": str(key),
-                  "NOVA_HTTPS_PORT": str(self.https_port), "NOVA_HTTP_PORT": str(self.http_port),
-                  "NOVA_LISTEN_ADDRESS": "127.0.0.1", "NOVA_LIMIT_CONN": "50",
-                  "NOVA_CORS_ORIGIN_REGEX": r"^https://app\.example\.com$"}
-        (self.work / "conf" / "nova.conf").write_text(render_template(TEMPLATE.read_text(),
-                                                                      values))
-        (self.work / "conf" / "nginx.conf").write_text(
-            "worker_processes 1;\npid logs/nginx.pid;\nerror_log logs/error.log warn;\n"
-            "events { worker_connections 512; }\n"
-            "http {\n  access_log logs/access.log;\n"
-            "  client_body_temp_path tmp/body;\n  proxy_temp_path tmp/proxy;\n"
-            "  fastcgi_temp_path tmp/fastcgi;\n  uwsgi_temp_path tmp/uwsgi;\n"
-            "  scgi_temp_path tmp/scgi;\n  include nova.conf;\n}\n")
-        check = subprocess.run([*self.args, "-t", "-q"], capture_output=True, text=True,
-                               timeout=30)
-        assert check.returncode == 0, check.stderr
-        if self.running:
-            subprocess.run([*self.args, "-s", "reload"], check=True, timeout=30)
-        else:
-            subprocess.run(self.args, check=True, timeout=30)
-            self.running = True
-
-    def stop(self) -> None:
-        if not self.running:
-            return
-        subprocess.run([*self.args, "-s", "quit"], timeout=30, check=False)
-        pid_file = self.work / "logs" / "nginx.pid"
-        for _ in range(100):
-            if not pid_file.exists():
-                break
-            time.sleep(0.1)
-        else:
-            subprocess.run([*self.args, "-s", "stop"], timeout=30, check=False)
-        self.running = False
 
 
 def _served_serial(port: int) -> int:
