@@ -14,6 +14,7 @@ captured from a live server; its README says how) and checks the bearer token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import datetime
 import http.server
@@ -22,10 +23,13 @@ import json
 import os
 import secrets
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +46,7 @@ from test_coturn import Coturn, start_coturn
 from test_prometheus_live import Daemon, _alertmanager_config, ms
 
 from nova.verify import argocd, prometheus
-from nova.verify.https import check_certificate
+from nova.verify.https import check_certificate, check_legacy_tls_refused, check_redirect
 from nova.verify.result import Status
 from tests.conftest import NovaProcess, free_port
 from tests.nginx_support import Nginx
@@ -106,9 +110,6 @@ class LocalCA:
 
 
 def _served_serial(port: int) -> int:
-    import socket
-    import ssl
-
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -474,3 +475,77 @@ async def test_verify_argocd_refused_token(fake_argocd: FakeArgoCD) -> None:
         rows = await argocd.check_applications(c)
     assert [r.status for r in rows] == [Status.FAIL] * 3
     assert "401" in rows[0].detail and "generate-token" in rows[0].hint
+
+
+# --- the HTTPS checks against deliberately bad servers ------------------------------------
+
+def _serve_tls(ctx: ssl.SSLContext) -> tuple[int, Callable[[], None]]:
+    """A TLS server on loopback completing handshakes until the returned stop() is called."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(5)
+            with contextlib.suppress(OSError), ctx.wrap_socket(conn, server_side=True) as tls:
+                tls.recv(1)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        done.set()
+        thread.join(5)
+        listener.close()
+
+    return listener.getsockname()[1], stop
+
+
+def test_verify_tls_legacy_fails_when_the_server_accepts_tls_1_1(tmp_path: Path) -> None:
+    ca = LocalCA(tmp_path)
+    cert, key = ca.leaf("old", not_before_days=-1, not_after_days=30)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+    ctx.load_cert_chain(cert, key)
+    port, stop = _serve_tls(ctx)
+    try:
+        result = check_legacy_tls_refused("127.0.0.1", port, timeout=5)
+    finally:
+        stop()
+    assert result.status is Status.FAIL, result
+    assert "TLSv1.1" in result.detail and "ssl_protocols TLSv1.2 TLSv1.3" in result.hint
+
+
+async def test_verify_redirect_fails_when_plain_http_serves_content() -> None:
+    class Plain(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Plain)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        result = await check_redirect(f"http://127.0.0.1:{server.server_address[1]}",
+                                      "127.0.0.1", 5)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert result.status is Status.FAIL
+    assert result.detail == "plain HTTP answered 200" and "308" in result.hint
