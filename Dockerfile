@@ -12,6 +12,12 @@ RUN /opt/nova/bin/pip install --no-compile . \
  && /opt/nova/bin/python -m compileall -q /opt/nova/lib
 
 FROM python:3.11-slim-bookworm
+# pg_dump/pg_restore for `nova backup` and `nova restore` on PostgreSQL. Debian bookworm ships
+# version 15, which dumps servers up to 15; for a newer server install postgresql-client-NN
+# from apt.postgresql.org here (nova backup refuses a pg_dump older than the server).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends postgresql-client \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 nova \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin nova \
  && install -d -o 10001 -g 10001 /var/lib/nova

@@ -159,11 +159,28 @@ def deploy() -> None:
 @click.option("--database-url", help="postgresql://user:password@host:5432/db")
 @click.option("--redis-url", help="redis://:password@host:6379/0")
 @click.option("--slack-webhook-url", help="Alertmanager Slack webhook.")
+@click.option("--cors-origin", "cors_origins",
+              help="Browser origins allowed by CORS, comma-separated (default https://DOMAIN).")
+@click.option("--gateway-class", default="eg", show_default=True,
+              help="GatewayClass of your controller (used only with components/gateway-tls).")
+@click.option("--pod-cidr", default="10.244.0.0/16", show_default=True,
+              help="The cluster's pod range: coturn denies it as a relay peer.")
+@click.option("--service-cidr", default="10.96.0.0/12", show_default=True,
+              help="The cluster's service range: coturn denies it as a relay peer.")
+@click.option("--alert-email", help="On-call address for critical alerts.")
+@click.option("--smtp-host", help="SMTP relay host:port Alertmanager sends through.")
+@click.option("--smtp-from", help="Sender and SMTP user (default nova-alerts@DOMAIN).")
+@click.option("--smtp-password", help="SMTP password (stored in secrets/ only).")
+@click.option("--runbook-url", help="Web URL of docs/operations/runbooks.md in your "
+              "repository (default: derived from --repo-url for GitHub/GitLab).")
 @click.option("--force", is_flag=True, help="Overwrite existing files (rotates every secret).")
 def deploy_init(overlay: Path, domain: str | None, email: str | None,
                 turn_external_ip: str | None, repo_url: str | None, revision: str,
                 database_url: str | None, redis_url: str | None,
-                slack_webhook_url: str | None, force: bool) -> None:
+                slack_webhook_url: str | None, cors_origins: str | None, gateway_class: str,
+                pod_cidr: str, service_cidr: str, alert_email: str | None,
+                smtp_host: str | None, smtp_from: str | None, smtp_password: str | None,
+                runbook_url: str | None, force: bool) -> None:
     """Write the untracked params.env files and secrets/ an overlay reads.
 
     Every secret is a fresh random value; what only you know (database and Redis URLs,
@@ -178,13 +195,17 @@ def deploy_init(overlay: Path, domain: str | None, email: str | None,
                               turn_external_ip=turn_external_ip, repo_url=repo_url,
                               revision=revision, database_url=database_url,
                               redis_url=redis_url, slack_webhook_url=slack_webhook_url,
-                              force=force)
+                              cors_origins=cors_origins, gateway_class=gateway_class,
+                              pod_cidr=pod_cidr, service_cidr=service_cidr,
+                              alert_email_to=alert_email, smtp_smarthost=smtp_host,
+                              smtp_from=smtp_from, smtp_password=smtp_password,
+                              runbook_url=runbook_url, force=force)
     except InitError as exc:
         raise click.ClickException(str(exc)) from None
     for path in result.written:
         click.echo(f"wrote {path}")
     for what in result.placeholders:
-        click.echo(f"TODO: set the {what} in {overlay}/secrets/ before deploying", err=True)
+        click.echo(f"TODO: give the {what} (re-run with --force) before deploying", err=True)
     click.echo(f"next: nova deploy check {overlay}")
 
 
@@ -217,6 +238,18 @@ def deploy_check(overlay: Path, kube_versions: tuple[str, ...]) -> None:
             click.echo(f"FAIL {problem}", err=True)
         raise click.ClickException(f"{len(problems)} problem(s) in {overlay}")
     click.echo(f"ok: {overlay} is ready to deploy")
+
+
+@deploy.command("gen-prometheusrule")
+@click.argument("deploy_dir", type=click.Path(file_okay=False, path_type=Path),
+                default=Path("deploy"))
+def deploy_gen_prometheusrule(deploy_dir: Path) -> None:
+    """Regenerate components/monitoring-operator/nova-prometheusrule.yaml from the rules."""
+    from nova.deploy.site import PROMETHEUS_RULE_FILE, render_prometheus_rule
+
+    out = deploy_dir / PROMETHEUS_RULE_FILE
+    out.write_text(render_prometheus_rule(deploy_dir))
+    click.echo(f"wrote {out}")
 
 
 # --- TURN (calls/turn.py, calls/turncheck.py) ----------------------------------------------
@@ -387,6 +420,112 @@ def verify_command(url: str, http_url: str | None, turn_target: str | None,
     click.echo(report.to_json() if as_json else report.table())
     if not report.ok:
         sys.exit(1)
+
+
+# --- backup and restore (storage/backup.py) --------------------------------------------------
+
+def _backup_error(exc: Exception) -> click.ClickException:
+    return click.ClickException(str(exc))
+
+
+def _do_backup(ctx: _Ctx, out: str, keep: int | None) -> None:
+    from nova.storage.backup import BackupError, create_backup, prune_backups
+
+    settings = ctx.settings()
+    try:
+        path, manifest = asyncio.run(create_backup(settings, out))
+    except BackupError as exc:
+        raise _backup_error(exc) from None
+    counts = ", ".join(f"{name}={t.rows}" for name, t in sorted(manifest.tables.items()))
+    click.echo(f"wrote {path} ({manifest.dump_size} bytes dump, {manifest.dialect}, "
+               f"revision {manifest.schema_revision}): {counts}")
+    if keep is not None:
+        for gone in prune_backups(path.parent, keep):
+            click.echo(f"pruned {gone}")
+
+
+_OUT_HELP = ("Backup file, or a directory to write nova-backup-<UTC time>.tar into.")
+_KEEP_HELP = "With a directory --out: keep only the newest N backups there."
+
+
+@main.group(invoke_without_command=True)
+@click.option("--out", type=click.Path(), default=None, help=_OUT_HELP)
+@click.option("--keep", type=click.IntRange(1), default=None, help=_KEEP_HELP)
+@click.pass_context
+def backup(click_ctx: click.Context, out: str | None, keep: int | None) -> None:
+    """Back up the database: `nova backup --out FILE` (same as `nova backup create`).
+
+    \b
+    SQLite: the online backup API, safe while Nova serves. PostgreSQL: pg_dump (custom
+    format) of one snapshot; pg_dump must be as new as the server. The archive holds the
+    dump and a manifest (schema revision, row counts, checksums, time).
+    """
+    if click_ctx.invoked_subcommand is not None:
+        if out is not None or keep is not None:
+            raise click.UsageError("give --out/--keep after the subcommand")
+        return
+    if out is None:
+        raise click.UsageError("--out FILE is required (or use a subcommand: create, verify)")
+    _do_backup(click_ctx.find_object(_Ctx), out, keep)
+
+
+@backup.command("create")
+@click.option("--out", type=click.Path(), required=True, help=_OUT_HELP)
+@click.option("--keep", type=click.IntRange(1), default=None, help=_KEEP_HELP)
+@pass_ctx
+def backup_create(ctx: _Ctx, out: str, keep: int | None) -> None:
+    """Write a backup of the configured database to OUT."""
+    _do_backup(ctx, out, keep)
+
+
+@backup.command("verify")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--scratch-url", envvar="NOVA_BACKUP_SCRATCH_URL", default=None,
+              help="PostgreSQL backups: an EMPTY scratch database to restore into (its "
+                   "content is replaced). Default: create one on NOVA_DATABASE_URL's server.")
+@pass_ctx
+def backup_verify(ctx: _Ctx, path: Path, scratch_url: str | None) -> None:
+    """Restore PATH (a backup, or a directory: its newest backup) into a scratch database
+    and compare it with the manifest. Exit status 1 on any difference."""
+    from nova.storage.backup import BackupError, verify_backup
+
+    settings = ctx.settings()
+    try:
+        report = asyncio.run(verify_backup(path, settings=settings, scratch_url=scratch_url))
+    except BackupError as exc:
+        raise _backup_error(exc) from None
+    m = report.manifest
+    if not report.ok:
+        for problem in report.problems:
+            click.echo(f"FAIL {problem}", err=True)
+        raise click.ClickException(f"{report.path} does not match its manifest")
+    click.echo(f"ok: {report.path} restores; {m.dialect} revision {m.schema_revision}, "
+               f"{len(m.tables)} tables, {m.total_rows} rows match the manifest "
+               f"(taken {m.created_at})")
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace a database that already holds data.")
+@pass_ctx
+def restore(ctx: _Ctx, path: Path, force: bool) -> None:
+    """Restore the backup PATH into the configured database (refused if it holds data,
+    unless --force), then check it against the manifest. Stop Nova first on SQLite.
+    Cross-dialect restore (SQLite <-> PostgreSQL) is not supported."""
+    from nova.storage.backup import BackupError, restore_backup
+
+    settings = ctx.settings()
+    try:
+        report = asyncio.run(restore_backup(settings, path, force=force))
+    except BackupError as exc:
+        raise _backup_error(exc) from None
+    if not report.ok:
+        for problem in report.problems:
+            click.echo(f"FAIL {problem}", err=True)
+        raise click.ClickException("the restored database does not match the manifest")
+    m = report.manifest
+    click.echo(f"restored {report.path}: {m.dialect} revision {m.schema_revision}, "
+               f"{m.total_rows} rows in {len(m.tables)} tables (taken {m.created_at})")
 
 
 def run() -> None:

@@ -27,7 +27,12 @@ STRONG = {
     "database_url": "postgresql://nova:Xk3r9vQpL2mZ8wYt7bN4@db.acme-corp.io:5432/nova",
     "redis_url": "redis://:Qw8eR7tY6uI5oP4aS3dFg@redis.acme-corp.io:6379/0",
     "slack_webhook_url": "https://hooks.slack.com/services/T0001/B0001/abcdEFGHijklMNOP",
+    "alert_email_to": "oncall@acme-corp.io",
+    "smtp_smarthost": "smtp.acme-corp.io:587",
+    "smtp_password": "Vb7nM2qX9kL4pR8t",
 }
+# Embedded as is in components/monitoring, replaced by init's site copies in production.
+SITE_COPIES = {("alertmanager-config", "alertmanager.yml"), ("prometheus-rules", "nova.rules.yml")}
 
 
 def need_program(path: str | Path, why: str) -> str:

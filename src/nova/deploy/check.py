@@ -28,7 +28,8 @@ from nova.deploy.params import SECRETS_DIR
 
 PLACEHOLDER_PATTERNS = [
     (re.compile(r"\bTODO\b|\bFIXME\b|\bXXX\b"), "TODO marker"),
-    (re.compile(r"change[-_ ]?me|replace[-_ ]?me|fill[-_ ]?in\b", re.I), "placeholder"),
+    # word-bounded: "replacement" (a relabel key) is no placeholder
+    (re.compile(r"\b(change[-_ ]?me|replace[-_ ]?me|fill[-_ ]?in)\b", re.I), "placeholder"),
     (re.compile(r"(^|[^a-z0-9-])example\.(com|org|net)\b|\.example\b|\.invalid\b|"
                 r"\bexample\.invalid\b", re.I), "example domain"),
 ]
@@ -43,6 +44,8 @@ REQUIRED_DENIED_PEERS = [ipaddress.ip_network(n) for n in (
     "172.16.0.0/12", "192.168.0.0/16", "fc00::/7", "fe80::/10")]
 # Keys whose values are free-form settings, not secrets.
 _NON_SECRET_KEYS = {"realm", "external-ip", "type", "url", "username"}
+# Passwords of outside services the operator brings (not made up by `nova deploy init`).
+_EXTERNAL_PASSWORD_KEYS = {"smtp-password"}
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,8 @@ def _check_secret_value(where: str, key: str, value: str) -> list[Problem]:
             if reason and not problems:
                 problems.append(Problem(f"{where}.{key}", f"weak password in URL: {reason}"))
         return problems
-    reason = weak_secret_reason(value)
+    reason = weak_secret_reason(value, MIN_PASSWORD_LENGTH if key in _EXTERNAL_PASSWORD_KEYS
+                                else MIN_SECRET_LENGTH)
     return [Problem(f"{where}.{key}", f"weak secret: {reason}")] if reason else []
 
 
@@ -182,6 +186,64 @@ def check_turn_config(where: str, conf: str) -> list[Problem]:
     return problems
 
 
+_VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def _container_env(container: dict[str, Any], configmaps: dict[str, dict[str, str]]
+                   ) -> dict[str, str | None]:
+    """Env values a container sees: literals and ConfigMap keys (None: from a Secret)."""
+    env: dict[str, str | None] = {}
+    for item in container.get("env") or []:
+        ref = (item.get("valueFrom") or {}).get("configMapKeyRef")
+        if "value" in item:
+            env[item["name"]] = str(item["value"])
+        elif ref:
+            env[item["name"]] = configmaps.get(ref.get("name", ""), {}).get(ref.get("key", ""))
+        else:
+            env[item["name"]] = None
+    return env
+
+
+def _is_coturn(container: dict[str, Any]) -> bool:
+    return "coturn" in str(container.get("image", "")) or container.get("name") == "coturn"
+
+
+def check_turn_args(docs: list[dict[str, Any]]) -> list[Problem]:
+    """coturn must deny this cluster's pod and service ranges (``--denied-peer-ip`` args,
+    resolved through the container's env), each a valid address or ``start-end`` range."""
+    configmaps = {(d.get("metadata") or {}).get("name", ""):
+                  {str(k): str(v) for k, v in (d.get("data") or {}).items()}
+                  for d in docs if d.get("kind") == "ConfigMap"}
+    problems = []
+    for doc in docs:
+        for c in _containers(doc):
+            if not _is_coturn(c):
+                continue
+            where = f"{object_name(doc)} container {c.get('name')}"
+            env = _container_env(c, configmaps)
+            values = []
+            for arg in c.get("args") or []:
+                key, _, value = str(arg).partition("=")
+                if key != "--denied-peer-ip":
+                    continue
+                unresolved = [v for v in _VAR.findall(value) if env.get(v) is None]
+                if unresolved:
+                    problems.append(Problem(where, f"--denied-peer-ip: {', '.join(unresolved)} "
+                                                   "not set from a ConfigMap or literal"))
+                    continue
+                value = _VAR.sub(lambda m, env=env: str(env[m.group(1)]), value)
+                if not _deny_ranges(f"denied-peer-ip={value}") or "/" in value:
+                    problems.append(Problem(where, f"--denied-peer-ip={value}: not an address "
+                                                   "or start-end range (coturn refuses CIDR)"))
+                    continue
+                values.append(value)
+            if not values:
+                problems.append(Problem(where, "no --denied-peer-ip for the cluster's pod and "
+                                               "service ranges (nova deploy init --pod-cidr "
+                                               "--service-cidr)"))
+    return problems
+
+
 def check_configmaps(docs: list[dict[str, Any]]) -> list[Problem]:
     problems = []
     for doc in docs:
@@ -232,4 +294,5 @@ def check_overlay(overlay: Path, *, kube_versions: tuple[str, ...] = DEFAULT_KUB
     problems += check_secrets(docs)
     problems += check_workloads(docs, allow_latest)
     problems += check_configmaps(docs)
+    problems += check_turn_args(docs)
     return problems

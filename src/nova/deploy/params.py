@@ -2,8 +2,14 @@
 
 Every secret Nova can make up is a fresh ``secrets.token_urlsafe`` value (JWT key, TURN
 shared secret, Grafana admin password). Values only the operator knows (database and Redis
-URLs, the Slack webhook) are written as ``CHANGEME`` placeholders unless given, and
-``nova deploy check`` refuses them, so a forgotten one cannot reach a cluster.
+URLs, Slack webhook, SMTP relay and password, on-call address) are written as ``CHANGEME`` /
+``.invalid`` placeholders unless given, and ``nova deploy check`` refuses them, so a forgotten
+one cannot reach a cluster.
+
+Production writes: ``params.env`` (Argo CD repository), ``messaging/params.env`` (domain,
+ACME e-mail, CORS origins, TURN/STUN URLs, GatewayClass), ``turn/params.env`` (the cluster's
+pod and service ranges as coturn ``start-end`` ranges), ``monitoring/site/`` (site copies of
+alertmanager.yml and nova.rules.yml, see ``site.py``) and ``secrets/``.
 """
 
 from __future__ import annotations
@@ -15,11 +21,23 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nova.calls.turn import coturn_peer_range
+from nova.deploy import site
+
 PLACEHOLDER = "CHANGEME"
+# kubeadm's defaults (flannel/calico pod range, service range); check yours:
+#   kubectl cluster-info dump | grep -m1 -E 'cluster-cidr|service-cluster-ip-range'
+DEFAULT_POD_CIDR = "10.244.0.0/16"
+DEFAULT_SERVICE_CIDR = "10.96.0.0/12"
+# Envoy Gateway's GatewayClass (`nginx` for NGINX Gateway Fabric); used with gateway-tls only.
+DEFAULT_GATEWAY_CLASS = "eg"
 SECRETS_DIR = "secrets"
 PARAMS_FILE = "params.env"
+SITE_DIR = "site"
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_ORIGIN = re.compile(r"^https?://[a-z0-9.-]+(:[0-9]+)?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 class InitError(ValueError):
@@ -57,7 +75,11 @@ def init_overlay(overlay: Path, *, domain: str | None = None, email: str | None 
                  turn_external_ip: str | None = None, repo_url: str | None = None,
                  revision: str = "main", database_url: str | None = None,
                  redis_url: str | None = None, slack_webhook_url: str | None = None,
-                 force: bool = False) -> InitResult:
+                 cors_origins: str | None = None, gateway_class: str = DEFAULT_GATEWAY_CLASS,
+                 pod_cidr: str = DEFAULT_POD_CIDR, service_cidr: str = DEFAULT_SERVICE_CIDR,
+                 alert_email_to: str | None = None, smtp_smarthost: str | None = None,
+                 smtp_from: str | None = None, smtp_password: str | None = None,
+                 runbook_url: str | None = None, force: bool = False) -> InitResult:
     """Write ``params.env`` files and ``secrets/`` for ``overlay``; return what was written."""
     overlay = overlay.resolve()
     if not (overlay / "kustomization.yaml").is_file():
@@ -81,14 +103,50 @@ def init_overlay(overlay: Path, *, domain: str | None = None, email: str | None 
         if not repo_url:
             raise InitError("--repo-url: the git URL Argo CD tracks is required")
         host = f"[{ip}]" if ip.version == 6 else str(ip)
+        origins = [o.strip().rstrip("/") for o in
+                   (cors_origins or f"https://{domain.lower()}").split(",") if o.strip()]
+        bad = [o for o in origins if not _ORIGIN.match(o.lower())]
+        if bad or not origins:
+            raise InitError(f"--cors-origin: scheme://host[:port] origins are required "
+                            f"(got {cors_origins!r})")
+        if not _DNS_LABEL.match(gateway_class):
+            raise InitError(f"--gateway-class: a GatewayClass name is required "
+                            f"(got {gateway_class!r})")
+        ranges = {}
+        for key, cidr, opt in (("TURN_DENIED_POD_RANGE", pod_cidr, "--pod-cidr"),
+                               ("TURN_DENIED_SERVICE_RANGE", service_cidr, "--service-cidr")):
+            try:
+                ranges[key] = coturn_peer_range(cidr)
+            except ValueError:
+                raise InitError(f"{opt}: a CIDR is required (got {cidr!r})") from None
         files[overlay / PARAMS_FILE] = _env({"REPO_URL": repo_url, "REVISION": revision})
         files[overlay / "messaging" / PARAMS_FILE] = _env({
             "DOMAIN": domain.lower(),
             "ACME_EMAIL": email,
-            "NOVA_CORS_ORIGINS": f"https://{domain.lower()}",
+            "NOVA_CORS_ORIGINS": ",".join(origins),
             "NOVA_TURN_URLS": f"turn:{host}:3478?transport=udp,turn:{host}:3478?transport=tcp",
             "NOVA_STUN_URLS": f"stun:{host}:3478",
+            "GATEWAY_CLASS": gateway_class,
         })
+        files[overlay / "turn" / PARAMS_FILE] = _env(ranges)
+        deploy_dir = overlay.parent.parent
+        runbooks = runbook_url or site.runbook_base_url(repo_url, revision)
+        if not runbooks:
+            runbooks = f"https://runbooks.invalid/{PLACEHOLDER}"
+            result.placeholders.append("runbook URL (--runbook-url; not derivable from "
+                                       "--repo-url)")
+        files[overlay / "monitoring" / SITE_DIR / "nova.rules.yml"] = site.site_rules(
+            (deploy_dir / site.RULES_FILE).read_text(), runbooks)
+        for given, what in ((alert_email_to, "on-call e-mail (--alert-email)"),
+                            (smtp_smarthost, "SMTP relay (--smtp-host)"),
+                            (smtp_password, "SMTP password (--smtp-password)")):
+            if not given:
+                result.placeholders.append(what)
+        sender = smtp_from or f"nova-alerts@{domain.lower()}"
+        files[overlay / "monitoring" / SITE_DIR / "alertmanager.yml"] = site.site_alertmanager(
+            (deploy_dir / site.ALERTMANAGER_FILE).read_text(),
+            smarthost=smtp_smarthost or "smtp.invalid:587", email_from=sender,
+            smtp_username=sender, email_to=alert_email_to or f"{PLACEHOLDER}@oncall.invalid")
         db = database_url or f"postgresql://nova:{PLACEHOLDER}@postgres.invalid:5432/nova"
         redis = redis_url or f"redis://:{PLACEHOLDER}@redis.invalid:6379/0"
         for given, what in ((database_url, "database URL (--database-url)"),
@@ -102,7 +160,7 @@ def init_overlay(overlay: Path, *, domain: str | None = None, email: str | None 
         })
         files[overlay / SECRETS_DIR / "alertmanager-secrets.env"] = _env({
             "slack-webhook-url": slack_webhook_url or f"https://hooks.slack.invalid/{PLACEHOLDER}",
-            "smtp-password": _token(),
+            "smtp-password": smtp_password or PLACEHOLDER,
         })
         files[overlay / SECRETS_DIR / "grafana-admin.env"] = _env({"admin-password": _token()})
         secret_gens += _secret_generator("coturn-secrets", "nova-turn", "coturn-secrets.env")

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, func, insert, or_, select, text, union_all, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, text, union_all, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -35,6 +35,7 @@ from nova.domain.models import (
     User,
 )
 from nova.errors import Conflict, ErrorCode, Forbidden, InvalidInput, NotFound, Unavailable
+from nova.storage.group_commit import GroupCommit, _SendArgs
 from nova.storage.sqlite_batch import SqliteMessageWriter
 from nova.storage.tables import (
     calls,
@@ -98,6 +99,7 @@ class SqlStore:
         self.dialect = engine.dialect.name
         self._sqlite_writer = asyncio.Lock() if self.dialect == "sqlite" else None
         self._batcher: SqliteMessageWriter | None = None
+        self._pg_batcher = GroupCommit(self._send_batch, self._send_one)
         path = engine.url.database
         if self._sqlite_writer is not None and path and path != ":memory:":
             self._batcher = SqliteMessageWriter(path, self._sqlite_writer)
@@ -157,11 +159,21 @@ class SqlStore:
             for e in new
         ]
         out: list[StoredEvent] = []
-        # One statement per event keeps positions in list order on both dialects.
+        if self.dialect == "postgresql" and len(rows) > 1:
+            # Take the positions first (in order, under the lock), then insert in one go.
+            positions = (await conn.execute(text(
+                "SELECT nextval(pg_get_serial_sequence('events', 'pos')) "
+                "FROM generate_series(1, :n)"), {"n": len(rows)})).scalars().all()
+            for row, pos in zip(rows, sorted(positions), strict=True):
+                row["pos"] = pos
+            await conn.execute(insert(events), rows)
+        else:
+            # One statement per event keeps positions in list order.
+            for row in rows:
+                row["pos"] = (await conn.execute(
+                    insert(events).values(**row).returning(events.c.pos))).scalar_one()
         for row in rows:
-            pos = (await conn.execute(insert(events).values(**row).returning(events.c.pos)))\
-                .scalar_one()
-            out.append(StoredEvent(pos=pos, type=row["type"],
+            out.append(StoredEvent(pos=row["pos"], type=row["type"],
                                    conversation_id=row["conversation_id"],
                                    user_id=row["user_id"], payload=row["payload"],
                                    created_at=now))
@@ -540,6 +552,16 @@ class SqlStore:
         if self._batcher is not None:  # SQLite: group commit on the writer thread
             return await self._batcher.send(conversation_id, sender_id, kind, body,
                                             client_msg_id, reply_to)
+        if self.dialect == "postgresql":  # group commit in one transaction
+            return await self._pg_batcher.send(_SendArgs(conversation_id, sender_id, kind,
+                                                         body, client_msg_id, reply_to))
+        return await self._send_one(_SendArgs(conversation_id, sender_id, kind, body,
+                                              client_msg_id, reply_to))
+
+    async def _send_one(self, a: _SendArgs) -> tuple[Message, bool]:
+        """One send in its own transaction (and the fallback of a failed batch)."""
+        conversation_id, sender_id, kind, body = a.conversation_id, a.sender_id, a.kind, a.body
+        client_msg_id, reply_to = a.client_msg_id, a.reply_to
         existing = await self.find_message_by_client_id(sender_id, client_msg_id)
         if existing is not None:
             return self._same_message(existing, conversation_id), False
@@ -586,6 +608,103 @@ class SqlStore:
                 raise
             return self._same_message(existing, conversation_id), False
         return msg, True
+
+    async def _send_batch(self, batch: list[_SendArgs]) -> list[tuple[Message, bool] | Exception]:
+        """Many sends in ONE transaction (PostgreSQL). Row locks are taken in conversation-id
+        order and the events are appended last, as everywhere. Any database error fails the
+        whole batch; the caller then retries each send on its own."""
+        now = now_ms()
+        results: list[tuple[Message, bool] | Exception | None] = [None] * len(batch)
+        async with self._write("send_message_batch") as conn:
+            conv_ids = sorted({a.conversation_id for a in batch})
+            # Row locks in id order (no deadlock between batches); last_seq is stable
+            # from here to the commit.
+            locked = {r.id: r.last_seq for r in (await conn.execute(
+                select(conversations.c.id, conversations.c.last_seq)
+                .where(conversations.c.id.in_(conv_ids))
+                .order_by(conversations.c.id).with_for_update())).all()}
+            pairs = {(a.conversation_id, a.sender_id) for a in batch}
+            member_of = {(r.conversation_id, r.user_id) for r in (await conn.execute(
+                select(members.c.conversation_id, members.c.user_id).where(or_(*[
+                    and_(members.c.conversation_id == c, members.c.user_id == u)
+                    for c, u in pairs])))).all()}
+            keys = {(a.sender_id, a.client_msg_id) for a in batch}
+            stored = {(r.sender_id, r.client_msg_id): _message(r) for r in (await conn.execute(
+                select(messages).where(or_(*[
+                    and_(messages.c.sender_id == u, messages.c.client_msg_id == k)
+                    for u, k in keys])))).all()}
+            replies = {a.reply_to for a in batch if a.reply_to}
+            reply_conv = {r.id: r.conversation_id for r in (await conn.execute(
+                select(messages.c.id, messages.c.conversation_id).where(
+                    messages.c.id.in_(replies))))} if replies else {}
+            fresh: dict[tuple[str, str], int] = {}  # (sender, client_msg_id) -> batch index
+            by_conv: dict[str, list[int]] = {}
+            for i, a in enumerate(batch):
+                key = (a.sender_id, a.client_msg_id)
+                if key in stored:
+                    try:
+                        results[i] = (self._same_message(stored[key], a.conversation_id), False)
+                    except Conflict as exc:
+                        results[i] = exc
+                elif a.conversation_id not in locked or (
+                        a.conversation_id, a.sender_id) not in member_of:
+                    results[i] = NotFound("conversation not found")
+                elif a.reply_to is not None and reply_conv.get(a.reply_to) != a.conversation_id:
+                    results[i] = InvalidInput("reply_to is not a message of this conversation",
+                                              field="reply_to")
+                elif key in fresh:
+                    continue  # a repeat within the batch: answered from the first below
+                else:
+                    fresh[key] = i
+                    by_conv.setdefault(a.conversation_id, []).append(i)
+            rows: list[dict[str, Any]] = []
+            new_events: list[NewEvent] = []
+            conv_updates: list[dict[str, Any]] = []
+            for conv_id in sorted(by_conv):
+                idxs = by_conv[conv_id]
+                mids = [new_id() for _ in idxs]
+                first = locked[conv_id] + 1
+                conv_updates.append({"cid": conv_id, "seq": first + len(idxs) - 1,
+                                     "mid": mids[-1]})
+                for n, (i, mid) in enumerate(zip(idxs, mids, strict=True)):
+                    a = batch[i]
+                    msg = Message(id=mid, conversation_id=conv_id, seq=first + n,
+                                  sender_id=a.sender_id, kind=a.kind, body=a.body,
+                                  client_msg_id=a.client_msg_id, reply_to=a.reply_to,
+                                  created_at=now, edited_at=None, deleted=False)
+                    results[i] = (msg, True)
+                    rows.append({"id": mid, "conversation_id": conv_id, "seq": msg.seq,
+                                 "sender_id": a.sender_id, "kind": a.kind, "body": a.body,
+                                 "client_msg_id": a.client_msg_id, "reply_to": a.reply_to,
+                                 "created_at": now, "deleted": False})
+                    new_events.append(NewEvent("message.created", {"message": msg.wire()},
+                                               conversation_id=conv_id))
+            if rows:
+                await conn.execute(
+                    update(conversations).where(conversations.c.id == bindparam("cid"))
+                    .values(last_seq=bindparam("seq"), updated_at=now,
+                            last_message_id=bindparam("mid")), conv_updates)
+                await conn.execute(insert(messages), rows)
+                reads: dict[tuple[str, str], int] = {}
+                for r in rows:
+                    reads[(r["conversation_id"], r["sender_id"])] = r["seq"]
+                await conn.execute(
+                    update(members).where(members.c.conversation_id == bindparam("c"),
+                                          members.c.user_id == bindparam("u"),
+                                          members.c.last_read_seq < bindparam("s"))
+                    .values(last_read_seq=bindparam("s")),
+                    [{"c": c, "u": u, "s": seq} for (c, u), seq in reads.items()])
+                await self._append(conn, new_events, now)
+        for i, a in enumerate(batch):
+            if results[i] is None:  # repeat within the batch
+                first_result = results[fresh[(a.sender_id, a.client_msg_id)]]
+                assert isinstance(first_result, tuple)
+                msg = first_result[0]
+                results[i] = ((msg, False) if msg.conversation_id == a.conversation_id else
+                              Conflict("client_msg_id was already used for another "
+                                       "conversation", ErrorCode.CLIENT_MSG_ID_CONFLICT,
+                                       field="client_msg_id"))
+        return [r for r in results if r is not None]
 
     @staticmethod
     def _same_message(existing: Message, conversation_id: str) -> Message:
