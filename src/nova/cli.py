@@ -352,6 +352,76 @@ def turn_peer_range(cidrs: tuple[str, ...]) -> None:
             raise click.BadParameter(str(exc)) from None
 
 
+# --- nova verify (completion checks from the outside, issue 9) -------------------------------
+
+def _read_secret_file(path: str | None) -> str | None:
+    if path is None:
+        return None
+    value = Path(path).read_text().strip()
+    if not value:
+        raise click.BadParameter(f"{path} is empty")
+    return value
+
+
+@main.command("verify")
+@click.option("--url", required=True, metavar="https://HOST[:PORT]",
+              help="The public HTTPS entry of Nova.")
+@click.option("--http-url", default=None, metavar="http://HOST[:PORT]",
+              help="Plain-HTTP entry that must redirect to HTTPS (default http://HOST).")
+@click.option("--turn", "turn_target", default=None, metavar="HOST[:PORT]",
+              help="coturn to check (default: the turn: URL Nova hands to clients).")
+@click.option("--prometheus", default=None, metavar="URL", help="Prometheus base URL.")
+@click.option("--alertmanager", default=None, metavar="URL", help="Alertmanager base URL.")
+@click.option("--argocd", default=None, metavar="URL", help="Argo CD server URL.")
+@click.option("--argocd-token-file", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="File holding an Argo CD API token.")
+@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Trust this CA bundle (a private or self-signed CA).")
+@click.option("--insecure", is_flag=True, help="Do not verify TLS certificates (a warning).")
+@click.option("--username", default=None,
+              help="Use this account instead of a probe account made for the run.")
+@click.option("--password-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="File holding --username's password.")
+@click.option("--timeout", type=click.FloatRange(0.5, 120), default=10.0, show_default=True,
+              help="Seconds per network step.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def verify_command(url: str, http_url: str | None, turn_target: str | None,
+                   prometheus: str | None, alertmanager: str | None, argocd: str | None,
+                   argocd_token_file: str | None, ca_file: str | None, insecure: bool,
+                   username: str | None, password_file: str | None, timeout: float,
+                   as_json: bool) -> None:
+    """Check a running deployment end to end: HTTPS, realtime, TURN, monitoring, Argo CD.
+
+    \b
+    Prints one row per check (pass / fail / warn / skip) with the reason, and what to do
+    about a failure. Without --username a probe account is registered for the run and
+    closed afterwards (DELETE /api/v1/users/me). Exit status 0 only if nothing failed.
+    """
+    from nova.verify import VerifyOptions, verify
+    from nova.verify.https import host_port
+
+    if ca_file and insecure:
+        raise click.UsageError("--ca-file and --insecure exclude each other")
+    if bool(username) != bool(password_file):
+        raise click.UsageError("--username and --password-file go together")
+    if bool(argocd) != bool(argocd_token_file):
+        raise click.UsageError("--argocd and --argocd-token-file go together")
+    try:
+        host_port(url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--url") from None
+    options = VerifyOptions(
+        url=url, http_url=http_url, turn=turn_target, prometheus=prometheus,
+        alertmanager=alertmanager, argocd=argocd,
+        argocd_token=_read_secret_file(argocd_token_file), ca_file=ca_file,
+        insecure=insecure, username=username, password=_read_secret_file(password_file),
+        timeout=timeout)
+    report = asyncio.run(verify(options))
+    click.echo(report.to_json() if as_json else report.table())
+    if not report.ok:
+        sys.exit(1)
+
+
 # --- backup and restore (storage/backup.py) --------------------------------------------------
 
 def _backup_error(exc: Exception) -> click.ClickException:

@@ -104,6 +104,10 @@ class NovaClient:
     async def logout(self) -> None:
         await self.request("POST", "/api/v1/auth/logout")
 
+    async def close_account(self) -> None:
+        """DELETE /api/v1/users/me: disable this account and revoke all its tokens."""
+        await self.request("DELETE", "/api/v1/users/me")
+
     async def create_direct(self, other_user_id: str) -> dict[str, Any]:
         return await self.request("POST", "/api/v1/conversations",  # type: ignore[no-any-return]
                                   {"kind": "direct", "member_ids": [other_user_id]})

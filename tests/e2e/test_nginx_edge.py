@@ -13,8 +13,6 @@ import datetime
 import ipaddress
 import json
 import os
-import re
-import shutil
 import socket
 import ssl
 import subprocess
@@ -35,25 +33,12 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Origin
 
+from tests.nginx_support import Nginx, nginx_binary
+
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE = ROOT / "deploy/config/nginx/nova.conf.template"
-TEMPLATE_VARS = ("NOVA_SERVER_NAME", "NOVA_UPSTREAM", "NOVA_TLS_CERT", "NOVA_TLS_KEY",
-                 "NOVA_HTTPS_PORT", "NOVA_HTTP_PORT", "NOVA_LISTEN_ADDRESS", "NOVA_LIMIT_CONN",
-                 "NOVA_CORS_ORIGIN_REGEX")
 APP_ORIGIN = "https://app.example.com"
 LIMIT_CONN = 10
-
-
-def render_template(text: str, values: dict[str, str]) -> str:
-    """envsubst with an explicit variable list: ``$NAME`` and ``${NAME}`` of listed names only;
-    everything else (nginx's own ``$variables``) is left as it is."""
-    def sub(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(2)
-        return values[name] if name in values else match.group(0)
-
-    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)", sub, text)
 
 
 def _free_port() -> int:
@@ -111,19 +96,14 @@ class Edge:
 
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
-                                      else None)
-    if nginx is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("nginx is required (scripts/apt-packages.txt: nginx=nginx)")
-        pytest.skip("nginx is not installed (apt-get install nginx)")
+    nginx_binary()
     work = tmp_path_factory.mktemp("nginx-edge")
     os.chmod(work, 0o755)
-    for sub in ("conf", "logs", "tmp", "data"):
+    for sub in ("conf", "logs", "data"):
         (work / sub).mkdir()
         os.chmod(work / sub, 0o755)
     cert, key = _self_signed(work / "conf")
-    https, http, nova = _free_port(), _free_port(), _free_port()
+    nova = _free_port()
 
     env = {**os.environ, "NOVA_DATA_DIR": str(work / "data"), "NOVA_RATE_LIMITS": "off",
            "NOVA_CORS_ORIGINS": APP_ORIGIN, "NOVA_TRUSTED_PROXIES": "127.0.0.1",
@@ -134,44 +114,16 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     nova_proc = subprocess.Popen(
         [sys.executable, "-m", "nova", "serve", "--host", "127.0.0.1", "--port", str(nova)],
         cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
-    nginx_args = [nginx, "-p", str(work), "-c", "conf/nginx.conf", "-e", "logs/error.log"]
-    started = False
+    nginx = Nginx(work, f"127.0.0.1:{nova}", server_name="localhost", limit_conn=LIMIT_CONN,
+                  cors_origin_regex=r"^https://app\.example\.com$")
     try:
         _wait_http(f"http://127.0.0.1:{nova}/health")
-        values = {"NOVA_SERVER_NAME": "localhost", "NOVA_UPSTREAM": f"127.0.0.1:{nova}",
-                  "NOVA_TLS_CERT": str(cert), "NOVA_TLS_KEY": str(key),
-                  "NOVA_HTTPS_PORT": str(https), "NOVA_HTTP_PORT": str(http),
-                  "NOVA_LISTEN_ADDRESS": "127.0.0.1", "NOVA_LIMIT_CONN": str(LIMIT_CONN),
-                  "NOVA_CORS_ORIGIN_REGEX": r"^https://app\.example\.com$"}
-        assert set(values) == set(TEMPLATE_VARS)
-        rendered = render_template(TEMPLATE.read_text(), values)
-        assert "${NOVA_" not in rendered
-        (work / "conf" / "nova.conf").write_text(rendered)
-        (work / "conf" / "nginx.conf").write_text(
-            "worker_processes 1;\npid logs/nginx.pid;\nerror_log logs/error.log warn;\n"
-            "events { worker_connections 512; }\n"
-            "http {\n  access_log logs/access.log;\n"
-            "  client_body_temp_path tmp/body;\n  proxy_temp_path tmp/proxy;\n"
-            "  fastcgi_temp_path tmp/fastcgi;\n  uwsgi_temp_path tmp/uwsgi;\n"
-            "  scgi_temp_path tmp/scgi;\n  include nova.conf;\n}\n")
-        check = subprocess.run([*nginx_args, "-t", "-q"], capture_output=True, text=True,
-                               timeout=30)
-        assert check.returncode == 0, check.stderr
-        subprocess.run(nginx_args, check=True, timeout=30)
-        started = True
-        edge = Edge(https, http, nova, cert)
+        nginx.configure(cert, key)
+        edge = Edge(nginx.https_port, nginx.http_port, nova, cert)
         _wait_http(f"{edge.base}/health", verify=edge.tls())
         yield edge
     finally:
-        if started:
-            subprocess.run([*nginx_args, "-s", "quit"], timeout=30, check=False)
-            pid_file = work / "logs" / "nginx.pid"
-            for _ in range(100):
-                if not pid_file.exists():
-                    break
-                time.sleep(0.1)
-            else:
-                subprocess.run([*nginx_args, "-s", "stop"], timeout=30, check=False)
+        nginx.stop()
         nova_proc.terminate()
         try:
             nova_proc.wait(timeout=15)

@@ -126,6 +126,16 @@ class AccountService:
     async def logout(self, principal: Principal) -> None:
         await self.store.revoke_family(principal.session_id)
 
+    async def close_account(self, principal: Principal) -> None:
+        """The caller closes their own account: it is disabled (it can no longer log in and
+        its username stays taken) and every refresh token of every session is revoked.
+        Access tokens stop working on the next request (this replica at once, others within
+        the few seconds of the user cache). Messages already sent stay in their
+        conversations."""
+        user = await self.get_user(principal.user_id)
+        await self.store.set_user_disabled(user.username, True)
+        self._user_cache.pop(principal.user_id, None)
+
     def _refresh_expiry(self) -> int:
         return int((time.time() + self.refresh_ttl) * 1000)
 
