@@ -12,8 +12,8 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
+from starlette.middleware import Middleware
 from starlette.responses import HTMLResponse
-from starlette.routing import WebSocketRoute
 
 from nova import __version__
 from nova.broker.memory import MemoryBroker
@@ -139,9 +139,13 @@ def build_services(settings: Settings) -> Services:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    from nova.gateway.endpoint import RawSendMiddleware, close_all, websocket_endpoint
+    from nova.gateway.endpoint import (
+        WebSocketFastPath,
+        close_all,
+        websocket_asgi,
+    )
     from nova.http import auth, calls, conversations, errors, health, messages, users
-    from nova.http.edge import CSP_DOCS, add_edge_middleware
+    from nova.http.edge import CSP_DOCS, edge_middleware
     from nova.http.limits import BodyLimit
     from nova.http.middleware import ObservabilityMiddleware
 
@@ -192,10 +196,16 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     for module in (health, auth, users, conversations, messages, calls):
         app.include_router(module.router)
-    app.router.routes.append(WebSocketRoute("/ws", websocket_endpoint))
     # Security headers, CORS and the WebSocket Origin check, per-IP connection cap and rate
     # limit; then, outermost, request id + http metrics + access log (counts 429s too).
-    add_edge_middleware(app, settings, services.limiters.ip)
-    app.add_middleware(ObservabilityMiddleware)
-    app.add_middleware(RawSendMiddleware)  # outermost; only stashes the server's send
+    edge = [Middleware(ObservabilityMiddleware),
+            *edge_middleware(settings, services.limiters.ip)]  # outermost first
+    for mw in reversed(edge):
+        app.add_middleware(mw.cls, *mw.args, **mw.kwargs)
+    # /ws: the same edge policy (the very same per-IP counts) and request id, without the
+    # HTTP routing layers.
+    ws_stack: Any = websocket_asgi
+    for mw in reversed(edge):
+        ws_stack = mw.cls(ws_stack, *mw.args, **mw.kwargs)
+    app.add_middleware(WebSocketFastPath, ws_stack=ws_stack)
     return app

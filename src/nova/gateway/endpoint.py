@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -26,82 +27,123 @@ if TYPE_CHECKING:
 log = logging.getLogger("nova.gateway")
 
 
-class RawSendMiddleware:
-    """Outermost: keeps the server's own ``send`` in the scope of a WebSocket, so that event
-    frames (the hot path of fan-out) skip the per-message wrappers of every middleware. The
-    handshake and the close still go through the whole stack."""
+class WebSocketFastPath:
+    """Outermost middleware: ``/ws`` gets a lean stack of its own.
 
-    def __init__(self, app: Any) -> None:
+    A socket lives for hours, and every ASGI layer it passes through stays alive with it (a
+    coroutine frame per middleware) and wraps every frame it sends. So ``/ws`` skips the
+    routing and HTTP exception machinery and runs only what a WebSocket needs (``ws_stack``:
+    request id, Origin check, connection cap, rate limit); and the server's own ``send`` is
+    kept in the scope so that event frames, the hot path of fan-out, skip even those.
+    """
+
+    def __init__(self, app: Any, ws_stack: Any) -> None:
         self.app = app
+        self.ws_stack = ws_stack
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "websocket":
+        if scope["type"] == "websocket" and scope.get("path") == "/ws":
             scope["nova.raw_send"] = send
-        await self.app(scope, receive, send)
+            await self.ws_stack(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+async def websocket_asgi(scope: Any, receive: Any, send: Any) -> None:
+    """The endpoint as a bare ASGI app (``scope["app"]`` is the FastAPI app, which Starlette
+    put there before any middleware ran)."""
+    await websocket_endpoint(WebSocket(scope, receive, send))
 
 
 class Connection:
-    """A socket as the realtime service sees it (``nova.domain.realtime.Subscriber``)."""
+    """A socket as the realtime service sees it (``nova.domain.realtime.Subscriber``).
+
+    Frames wait in a bounded deque drained by one writer task; a socket costs a few small
+    objects, since thousands of them sit idle at once.
+    """
+
+    __slots__ = ("_idle", "_raw_send", "_room", "_wake", "busy", "close_code", "close_reason",
+                 "frames", "limit", "user_id", "ws")
 
     def __init__(self, ws: WebSocket, user_id: str, queue_size: int) -> None:
         self.ws = ws
         self._raw_send = ws.scope.get("nova.raw_send")
         self.user_id = user_id
-        self.queue: asyncio.Queue[str | None] = asyncio.Queue(queue_size)
+        self.frames: deque[str] = deque()
+        self.limit = queue_size
         self.close_code: int | None = None
         self.close_reason = ""
-        self.idle = asyncio.Event()
-        self.idle.set()
+        self.busy = False  # a request of this socket is being handled
+        self._wake: asyncio.Future[None] | None = None  # the writer waits for frames
+        self._room: asyncio.Future[None] | None = None  # a replay waits for room
+        self._idle: asyncio.Future[None] | None = None  # closing waits for the request
+
+    @staticmethod
+    def _resolve(fut: asyncio.Future[None] | None) -> None:
+        if fut is not None and not fut.done():
+            fut.set_result(None)
 
     def send_frame(self, frame: str) -> bool:
-        if self.close_code is not None:
-            return True  # closing: drop quietly
-        try:
-            self.queue.put_nowait(frame)
-        except asyncio.QueueFull:
+        if self.close_code is not None and self.close_code != CloseCode.GOING_AWAY:
+            return True  # closing: drop quietly (a shutdown still sends what it can)
+        if len(self.frames) >= self.limit:
             return False
+        self.frames.append(frame)
+        self._resolve(self._wake)
         return True
 
     async def put_frame(self, frame: str) -> bool:
+        while self.close_code is None and len(self.frames) >= self.limit:
+            self._room = asyncio.get_running_loop().create_future()
+            await self._room
         if self.close_code is not None:
             return False
-        await self.queue.put(frame)
-        return self.close_code is None
+        self.frames.append(frame)
+        self._resolve(self._wake)
+        return True
 
     def kick(self, code: int, reason: str) -> None:
         if self.close_code is not None:
             return
         self.close_code = code
         self.close_reason = reason
-        # Wake the writer even when the queue is full.
-        with contextlib.suppress(asyncio.QueueFull):
-            self.queue.put_nowait(None)
-        if self.queue.full():
-            self._drop_and_wake()
+        if len(self.frames) >= self.limit:
+            self.frames.clear()  # cut off as too slow: what it did not read is dropped
+        self._resolve(self._wake)
+        self._resolve(self._room)
 
-    def _drop_and_wake(self) -> None:
-        while not self.queue.empty():
-            self.queue.get_nowait()
-        self.queue.put_nowait(None)
+    def set_busy(self, busy: bool) -> None:
+        self.busy = busy
+        if not busy:
+            self._resolve(self._idle)
+
+    async def _send(self, frame: str) -> None:
+        if self._raw_send is not None:
+            await self._raw_send({"type": "websocket.send", "text": frame})
+        else:
+            await self.ws.send_text(frame)
 
     async def writer(self, drain_seconds: float) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            send = self._raw_send
             while True:
-                frame = await self.queue.get()
-                if frame is None:
+                while self.frames:
+                    frame = self.frames.popleft()
+                    self._resolve(self._room)
+                    await self._send(frame)
+                if self.close_code is not None:
                     break
-                if send is not None:
-                    await send({"type": "websocket.send", "text": frame})
-                else:
-                    await self.ws.send_text(frame)
+                self._wake = loop.create_future()
+                await self._wake
+                self._wake = None
             # Closing: let an in-flight request finish so its ack goes out first.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.idle.wait(), drain_seconds)
-            while not self.queue.empty():
-                frame = self.queue.get_nowait()
-                if frame is not None and self.close_code in (CloseCode.GOING_AWAY,):
-                    await self.ws.send_text(frame)
+            if self.busy:
+                self._idle = loop.create_future()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._idle, drain_seconds)
+            if self.close_code == CloseCode.GOING_AWAY:
+                while self.frames:
+                    await self._send(self.frames.popleft())
             await self.ws.close(self.close_code or 1000, self.close_reason[:120])
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
@@ -211,11 +253,11 @@ async def _read_loop(ws: WebSocket, conn: Connection, svc: Services) -> None:
             metrics.WS_ERRORS.labels(reason="flood").inc()
             conn.kick(CloseCode.POLICY, "rate_limited")
             return
-        conn.idle.clear()
+        conn.set_busy(True)
         try:
             reply = await _handle(raw, conn, svc)
         finally:
-            conn.idle.set()
+            conn.set_busy(False)
         if reply is not None:
             conn.send_frame(reply)
 

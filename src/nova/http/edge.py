@@ -364,12 +364,14 @@ class ConnectionLimitMiddleware:
     socket lives on one replica, and the proxy in front caps the total."""
 
     def __init__(self, app: ASGIApp, *, max_per_ip: int, trusted_proxies: Iterable[str] = (),
-                 exempt_paths: Iterable[str] = EXEMPT_PATHS) -> None:
+                 exempt_paths: Iterable[str] = EXEMPT_PATHS,
+                 active: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_per_ip = max_per_ip
         self.trusted = parse_trusted_proxies(trusted_proxies)
         self.exempt = frozenset(exempt_paths)
-        self.active: dict[str, int] = {}
+        # Shared by the HTTP stack and the /ws stack built from the same middleware list.
+        self.active: dict[str, int] = {} if active is None else active
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or scope.get("path") in self.exempt:
@@ -413,7 +415,7 @@ def edge_middleware(settings: Settings, ip_limiter: RateLimiter | None) -> list[
                    hsts_max_age=settings.hsts_max_age_seconds),
         Middleware(CorsMiddleware, origins=settings.cors_origins),
         Middleware(ConnectionLimitMiddleware, max_per_ip=settings.max_connections_per_ip,
-                   trusted_proxies=trusted),
+                   trusted_proxies=trusted, active={}),
     ]
     if ip_limiter is not None and settings.rate_limits_enabled:
         stack.append(Middleware(RateLimitMiddleware, limiter=ip_limiter,

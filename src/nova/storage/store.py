@@ -107,25 +107,23 @@ class SqlStore:
     # --- plumbing ------------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def _read(self, operation: str) -> AsyncIterator[AsyncConnection]:
-        start = time.perf_counter()
-        try:
-            async with self.engine.connect() as conn:
-                yield conn
-        except (DBAPIError, OSError) as exc:
-            if isinstance(exc, IntegrityError):
-                raise
-            metrics.DATABASE_ERRORS.labels(operation=operation).inc()
-            raise Unavailable("the database is unavailable") from exc
-        finally:
-            metrics.DATABASE_QUERY_DURATION.labels(operation=operation).observe(
-                time.perf_counter() - start)
+        async with self._observed(operation, write=False) as conn:
+            yield conn
 
     @contextlib.asynccontextmanager
     async def _write(self, operation: str) -> AsyncIterator[AsyncConnection]:
+        """One transaction (on SQLite, under the process's single-writer lock)."""
+        async with self._observed(operation, write=True) as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def _observed(self, operation: str, write: bool) -> AsyncIterator[AsyncConnection]:
+        """Time the operation; map a lost database to ``Unavailable`` (integrity errors go
+        up as they are: callers turn them into answers)."""
         start = time.perf_counter()
-        lock = self._sqlite_writer or contextlib.nullcontext()
+        lock = (self._sqlite_writer if write else None) or contextlib.nullcontext()
         try:
-            async with lock, self.engine.begin() as conn:
+            async with lock, (self.engine.begin() if write else self.engine.connect()) as conn:
                 yield conn
         except (DBAPIError, OSError) as exc:
             if isinstance(exc, IntegrityError):
