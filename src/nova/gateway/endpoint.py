@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from websockets.exceptions import InvalidState
 
 from nova import metrics
 from nova.errors import ErrorCode, InvalidInput, NovaError, RateLimited, Unauthorized
@@ -62,12 +63,13 @@ class Connection:
     objects, since thousands of them sit idle at once.
     """
 
-    __slots__ = ("_idle", "_raw_send", "_room", "_wake", "busy", "close_code", "close_reason",
-                 "frames", "limit", "user_id", "ws")
+    __slots__ = ("_idle", "_proto", "_raw_send", "_room", "_wake", "busy", "close_code",
+                 "close_reason", "frames", "limit", "user_id", "ws")
 
     def __init__(self, ws: WebSocket, user_id: str, queue_size: int) -> None:
         self.ws = ws
         self._raw_send = ws.scope.get("nova.raw_send")
+        self._proto = _coalescing_protocol(self._raw_send)
         self.user_id = user_id
         self.frames: deque[str] = deque()
         self.limit = queue_size
@@ -123,10 +125,31 @@ class Connection:
         else:
             await self.ws.send_text(frame)
 
+    async def _write_coalesced(self) -> bool:
+        """Every queued frame in one transport write (uvicorn's sans-I/O WebSocket protocol):
+        one system call for a burst instead of one per frame. False once the peer is gone."""
+        proto = self._proto
+        while self.frames:
+            await proto.writable.wait()  # the transport's flow control, as uvicorn's send
+            if proto.disconnected or proto.close_sent:
+                return False
+            conn = proto.conn
+            try:
+                for _ in range(min(len(self.frames), 256)):
+                    conn.send_text(self.frames.popleft().encode())
+            except InvalidState:
+                return False
+            self._resolve(self._room)
+            proto.transport.write(b"".join(conn.data_to_send()))
+        return True
+
     async def writer(self, drain_seconds: float) -> None:
         loop = asyncio.get_running_loop()
         try:
             while True:
+                if self._proto is not None:
+                    if not await self._write_coalesced():
+                        return
                 while self.frames:
                     frame = self.frames.popleft()
                     self._resolve(self._room)
@@ -147,6 +170,16 @@ class Connection:
             await self.ws.close(self.close_code or 1000, self.close_reason[:120])
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
+
+
+def _coalescing_protocol(raw_send: Any) -> Any:
+    """uvicorn's websockets sans-I/O protocol behind the server's ``send``, when that is
+    what serves this socket; None otherwise (every frame then goes through ``send``)."""
+    proto = getattr(raw_send, "__self__", None)
+    if type(proto).__name__ != "WebSocketsSansIOProtocol":
+        return None
+    needed = ("conn", "transport", "writable", "disconnected", "close_sent")
+    return proto if all(hasattr(proto, a) for a in needed) else None
 
 
 class _Bucket:
