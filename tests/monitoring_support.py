@@ -14,6 +14,8 @@ import json
 import os
 import re
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +175,16 @@ def recording_rules() -> list[dict[str, Any]]:
     for group in load_yaml(RULES_YML)["groups"]:
         rules += [r for r in group["rules"] if "record" in r]
     return rules
+
+
+def poll(what: str, check: Callable[[], Any], timeout: float = 60,
+         interval: float = 0.3) -> Any:
+    """Call ``check`` until it returns something truthy (bounded by ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")

@@ -120,15 +120,6 @@ def _query(prom: str, expr: str) -> dict[str, Any]:
     return body
 
 
-def _poll(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 async def _drive_traffic(url: str, password: str, body: str) -> dict[str, str]:
@@ -286,7 +277,7 @@ def test_prometheus_scrapes_nova_rules_and_dashboard_evaluate(
         result: list[dict[str, Any]] = _query(prom, 'up{job="nova"}')["data"]["result"]
         return [s for s in result if s["value"][1] == "1"]
 
-    up = _poll("up{job=nova} == 1", nova_up)
+    up = ms.poll("up{job=nova} == 1", nova_up)
     assert len(up) == 1
     labels = up[0]["metric"]
     assert labels["instance"] == f"127.0.0.1:{nova_port}"
@@ -297,10 +288,10 @@ def test_prometheus_scrapes_nova_rules_and_dashboard_evaluate(
     assert not [t for t in targets["activeTargets"] if t["health"] == "down"
                 and t["labels"]["job"] in ("nova", "prometheus", "alertmanager")]
 
-    _poll("up == 1 for prometheus and alertmanager", lambda: {
+    ms.poll("up == 1 for prometheus and alertmanager", lambda: {
         s["metric"]["job"] for s in _query(prom, "up == 1")["data"]["result"]
     } >= {"nova", "prometheus", "alertmanager"})
-    _poll("an active Alertmanager", lambda: httpx.get(
+    ms.poll("an active Alertmanager", lambda: httpx.get(
         f"{prom}/api/v1/alertmanagers", timeout=10).json()["data"]["activeAlertmanagers"])
 
     # every required metric name has series
@@ -311,7 +302,7 @@ def test_prometheus_scrapes_nova_rules_and_dashboard_evaluate(
         return [n for n in REQUIRED_SERIES if n not in have]
 
     with contextlib.suppress(AssertionError):
-        _poll("every required metric", lambda: not missing_series() or None)
+        ms.poll("every required metric", lambda: not missing_series() or None)
     assert missing_series() == []
     sent = _query(prom, 'sum(nova_messages_sent_total{job="nova"})')["data"]["result"]
     assert float(sent[0]["value"][1]) >= 4
@@ -322,7 +313,7 @@ def test_prometheus_scrapes_nova_rules_and_dashboard_evaluate(
             prom, 'count by (route) (http_requests_total{job="nova"})')["data"]["result"]}
         return got if "/metrics" in got else None  # a scrape is counted after it answered
 
-    routes = _poll("the /metrics route", routes_seen)
+    routes = ms.poll("the /metrics route", routes_seen)
     assert "/api/v1/conversations/{conversation_id}/messages" in routes
     assert "/api/v1/conversations/{conversation_id}" in routes  # the 404 for c_doesnotexist
     assert not [r for r in routes if secrets_seen["conversation_id"] in r or "c_doesnotexist" in r]
@@ -336,7 +327,7 @@ def test_prometheus_scrapes_nova_rules_and_dashboard_evaluate(
             return None
         return groups
 
-    groups = _poll("rule evaluation", rules_evaluated)
+    groups = ms.poll("rule evaluation", rules_evaluated)
     assert {g["name"] for g in groups} == {"nova.recording", "nova.alerts"}
     shipped = len(ms.alert_rules()) + len(ms.recording_rules())
     rules = [r for g in groups for r in g["rules"]]
@@ -344,7 +335,7 @@ def test_prometheus_scrapes_nova_rules_and_dashboard_evaluate(
     bad = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
     assert not bad
     # recording rules produce data from the live service
-    _poll("recorded request rate", lambda: _query(
+    ms.poll("recorded request rate", lambda: _query(
         prom, 'namespace_job:http_requests:rate5m{job="nova"}')["data"]["result"])
 
     # every dashboard expression evaluates without error
@@ -377,7 +368,7 @@ def test_prometheus_scrapes_nova_rules_and_dashboard_evaluate(
         out = {a["labels"]["alertname"]: a["status"]["state"] for a in got}
         return out if len(out) == 3 and out.get("NovaHighLatency") == "suppressed" else None
 
-    final = _poll("inhibition", states, timeout=30)
+    final = ms.poll("inhibition", states, timeout=30)
     assert final == {"NovaDown": "active", "NovaHighLatency": "suppressed",
                      "NovaMemoryNearLimit": "active"}
     assert am.proc.poll() is None
@@ -386,7 +377,7 @@ def test_prometheus_scrapes_nova_rules_and_dashboard_evaluate(
     def slack_critical() -> list[dict[str, Any]]:
         return [b for b in slack_sink.bodies if "NovaDown" in json.dumps(b)]
 
-    posted = _poll("the critical alert on Slack", slack_critical, timeout=45)
+    posted = ms.poll("the critical alert on Slack", slack_critical, timeout=45)
     assert posted[0]["channel"] == "#nova-alerts"
 
     # the service's own logs: JSON lines, request ids, no secrets, no bodies

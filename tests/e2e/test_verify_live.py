@@ -28,7 +28,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -120,15 +119,6 @@ def _served_serial(port: int) -> int:
     return x509.load_der_x509_certificate(der).serial_number
 
 
-def _poll(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 # --- the fake Argo CD REST API (recorded Application JSON) -------------------------------
@@ -311,7 +301,7 @@ def _wait_monitoring(s: Stack) -> None:
                     await prometheus.check_rules(c)]
         return all(r.status is Status.PASS for r in rows)
 
-    _poll("Prometheus scraping Nova and evaluating the rules", lambda: asyncio.run(ready()))
+    ms.poll("Prometheus scraping Nova and evaluating the rules", lambda: asyncio.run(ready()))
 
 
 # --- the passing run ----------------------------------------------------------------------
@@ -386,7 +376,7 @@ def test_verify_fails_on_an_expired_certificate_and_warns_near_expiry(stack: Sta
     try:
         serial = _served_serial(stack.nginx.https_port)
         stack.nginx.configure(*expired)
-        _poll("nginx serving the expired certificate",
+        ms.poll("nginx serving the expired certificate",
               lambda: _served_serial(stack.nginx.https_port) != serial)
         code, rows = stack.run()
         assert code == 1
@@ -398,7 +388,7 @@ def test_verify_fails_on_an_expired_certificate_and_warns_near_expiry(stack: Sta
 
         serial = _served_serial(stack.nginx.https_port)
         stack.nginx.configure(*soon)
-        _poll("nginx serving the soon-expiring certificate",
+        ms.poll("nginx serving the soon-expiring certificate",
               lambda: _served_serial(stack.nginx.https_port) != serial)
         result = check_certificate("127.0.0.1", stack.nginx.https_port,
                                    ca_file=str(stack.ca.path), insecure=False)
@@ -410,7 +400,7 @@ def test_verify_fails_on_an_expired_certificate_and_warns_near_expiry(stack: Sta
     finally:
         serial = _served_serial(stack.nginx.https_port)
         stack.nginx.configure(*stack.good_cert)
-        _poll("nginx serving the good certificate again",
+        ms.poll("nginx serving the good certificate again",
               lambda: _served_serial(stack.nginx.https_port) != serial)
 
 
@@ -430,7 +420,7 @@ def test_verify_fails_when_a_metric_is_missing(stack: Stack) -> None:
 
     try:
         stack.prom.proc.send_signal(signal.SIGHUP)
-        result = _poll("nova_calls_total gone", lambda: (
+        result = ms.poll("nova_calls_total gone", lambda: (
             r if (r := asyncio.run(metrics())).status is Status.FAIL else None), timeout=30)
         assert result.detail == "no series for nova_calls_total"
         code, rows = stack.run()
@@ -441,7 +431,7 @@ def test_verify_fails_when_a_metric_is_missing(stack: Stack) -> None:
     finally:
         stack.prom_config.write_text(shipped)
         stack.prom.proc.send_signal(signal.SIGHUP)
-        _poll("nova_calls_total back", lambda: asyncio.run(metrics()).status is Status.PASS,
+        ms.poll("nova_calls_total back", lambda: asyncio.run(metrics()).status is Status.PASS,
               timeout=30)
 
 
