@@ -288,8 +288,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fake_argocd: FakeArgoCD) -> 
         _wait_monitoring(s)
         yield s
     finally:
-        for fn in reversed(stop):
-            fn()
+        errors = []
+        for fn in reversed(stop):  # stop every daemon, even when one stop fails
+            try:
+                fn()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 def _wait_monitoring(s: Stack) -> None:
