@@ -6,6 +6,9 @@ import secrets
 import time
 from typing import NewType
 
+# Positions, seqs and cursors are signed 64-bit in both databases.
+MAX_INT64 = 2**63 - 1
+
 UserId = NewType("UserId", str)
 ConversationId = NewType("ConversationId", str)
 MessageId = NewType("MessageId", str)

@@ -309,3 +309,20 @@ async def test_socket_limit_per_user(make_settings) -> None:
                         pass
     finally:
         await server.stop()
+
+
+async def test_cursor_and_seq_past_64_bits_are_refused_cleanly(live) -> None:
+    a, _, conv = await _pair(live.url)
+    huge = str(2**64)
+    url = live.url.replace("http", "ws") + "/ws"
+    async with websockets.connect(f"{url}?since={huge}&access_token={a.access_token}") as ws:
+        assert orjson.loads(await ws.recv())["code"] == "invalid_cursor"
+    with pytest.raises(ApiError) as info:
+        await a.history(conv["id"], before=huge)
+    assert info.value.status == 422 and info.value.code == "invalid_request"
+    with pytest.raises(ApiError) as info:
+        await a.request("POST", f"/api/v1/conversations/{conv['id']}/read", {"seq": 2**64})
+    assert info.value.status == 422
+    async with a.socket() as ws2:
+        assert (await ws2.ping())["type"] == "pong"
+    await a.aclose()

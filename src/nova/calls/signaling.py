@@ -38,6 +38,7 @@ import orjson
 
 from nova import metrics
 from nova.calls.turn import ice_servers, validate_ice_url
+from nova.domain.conversations import page_size
 from nova.domain.models import Call, NewEvent, Participant
 from nova.domain.ports import EventNotifier, SocketCounter, Store
 from nova.errors import Conflict, ErrorCode, InvalidInput, NotFound, NovaError
@@ -103,12 +104,7 @@ class CallService:
                    limit: Any = None) -> list[Call]:
         """Call history, newest first: the conversation's, or of every conversation the
         viewer is a member of."""
-        if limit is None:
-            limit = self.default_page
-        if isinstance(limit, bool) or not isinstance(limit, int) or not (
-                1 <= limit <= self.max_page):
-            raise InvalidInput(f"limit must be an integer from 1 to {self.max_page}",
-                               field="limit")
+        limit = page_size(limit, self.default_page, self.max_page)
         if conversation_id is not None:
             if not isinstance(conversation_id, str) or await self.store.member_role(
                     conversation_id, viewer) is None:

@@ -8,6 +8,7 @@ from typing import Any
 from nova.domain.models import Conversation, Message
 from nova.domain.ports import EventNotifier, Store
 from nova.errors import ErrorCode, Forbidden, InvalidInput, NotFound
+from nova.types import MAX_INT64
 
 KIND_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,31}$")
 MAX_TITLE = 200
@@ -16,9 +17,18 @@ MAX_TITLE = 200
 def _int_or_none(value: Any, name: str) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInput(f"{name} must be a non-negative integer", field=name)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT64:
+        raise InvalidInput(f"{name} must be a non-negative 64-bit integer", field=name)
     return value
+
+
+def page_size(limit: Any, default: int, maximum: int) -> int:
+    """The ``limit`` of a list request: ``default`` when absent, else 1..``maximum``."""
+    if limit is None:
+        return default
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= maximum:
+        raise InvalidInput(f"limit must be an integer from 1 to {maximum}", field="limit")
+    return limit
 
 
 class ConversationService:
@@ -39,13 +49,7 @@ class ConversationService:
         self.notifier.events_committed(0)
 
     def page_size(self, limit: Any) -> int:
-        if limit is None:
-            return self.default_page
-        if isinstance(limit, bool) or not isinstance(limit, int) or not (
-                1 <= limit <= self.max_page):
-            raise InvalidInput(f"limit must be an integer from 1 to {self.max_page}",
-                               field="limit")
-        return limit
+        return page_size(limit, self.default_page, self.max_page)
 
     # --- conversations ----------------------------------------------------------------
     async def visible(self, conversation_id: str, viewer: str) -> Conversation:
@@ -202,7 +206,7 @@ class ConversationService:
             raise NotFound("conversation not found")
 
     async def mark_read(self, conversation_id: str, user_id: str, seq: Any) -> None:
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_INT64:
             raise InvalidInput("seq must be a non-negative integer", field="seq")
         await self._member(conversation_id, user_id)
         if await self.store.mark_read(conversation_id, user_id, seq) is not None:

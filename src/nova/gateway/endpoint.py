@@ -21,6 +21,7 @@ from websockets.exceptions import InvalidState
 from nova import metrics
 from nova.errors import ErrorCode, InvalidInput, NovaError, RateLimited, Unauthorized
 from nova.gateway.close_codes import CloseCode
+from nova.types import MAX_INT64
 
 if TYPE_CHECKING:
     from nova.app import Services
@@ -234,7 +235,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     if since_raw not in (None, ""):
         try:
             since = int(since_raw)  # type: ignore[arg-type]
-            if since < 0:
+            if not 0 <= since <= MAX_INT64:
                 raise ValueError
         except ValueError:
             await ws.send_text(orjson.dumps({"type": "error", "code": ErrorCode.INVALID_CURSOR,
